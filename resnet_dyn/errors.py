@@ -1,0 +1,37 @@
+"""User-facing errors: one line that names the offending key or file and what is expected.
+
+Entry points catch :class:`UserError` and print ``error: <message>`` instead of a
+traceback (set ``HYDRA_FULL_ERROR=1`` to see the traceback anyway).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+
+class UserError(Exception):
+    """Bad input that the user can fix; its message is a single line."""
+
+
+class ConfigError(UserError, ValueError):
+    """An invalid config value.
+
+    >>> str(ConfigError("model.depth", "6n+2 (20, 32, 44, 56, 110, ...)", 21))
+    'model.depth: expected 6n+2 (20, 32, 44, 56, 110, ...), got 21'
+    """
+
+    def __init__(self, key: str, expected: str, got: Any) -> None:
+        self.key = key
+        super().__init__(f"{key}: expected {expected}, got {got!r}")
+
+
+class DataError(UserError, FileNotFoundError):
+    """A dataset, image folder or file that is missing or unreadable."""
+
+
+def check_positive(key: str, value: float, *, allow_zero: bool = False) -> None:
+    """Raise :class:`ConfigError` unless ``value`` is a positive (or non-negative) number."""
+    ok = isinstance(value, (int, float)) and not isinstance(value, bool)
+    ok = ok and (value >= 0 if allow_zero else value > 0)
+    if not ok:
+        raise ConfigError(key, "a non-negative number" if allow_zero else "a positive number", value)
