@@ -34,4 +34,6 @@ def check_positive(key: str, value: float, *, allow_zero: bool = False) -> None:
     ok = isinstance(value, (int, float)) and not isinstance(value, bool)
     ok = ok and (value >= 0 if allow_zero else value > 0)
     if not ok:
-        raise ConfigError(key, "a non-negative number" if allow_zero else "a positive number", value)
+        raise ConfigError(
+            key, "a non-negative number" if allow_zero else "a positive number", value
+        )

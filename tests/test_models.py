@@ -141,7 +141,9 @@ def test_dense_untied_projection_unroll_and_mlp():
         MLP(depth=3, skip_scale=0.5)
 
 
-@pytest.mark.parametrize("block, shape", [("fc", (1, 28, 28)), ("conv", (3, 16, 16)), ("fc", (20,))])
+@pytest.mark.parametrize(
+    "block, shape", [("fc", (1, 28, 28)), ("conv", (3, 16, 16)), ("fc", (20,))]
+)
 def test_deep_resnet_depth_sweep(block, shape):
     for depth in (2, 50):
         net = DeepResNet(depth=depth, input_shape=shape, num_classes=10, width=8, block=block)

@@ -110,7 +110,9 @@ def set_skip_scale(
     return net
 
 
-def branch_weights(net: ResidualNet, units: int | Iterable[int] | None = None) -> list[nn.Parameter]:
+def branch_weights(
+    net: ResidualNet, units: int | Iterable[int] | None = None
+) -> list[nn.Parameter]:
     """The weight tensors of the convolutions and linear maps in the residual branches of ``units``.
 
     Parameters shared by several units (tied weights) appear once.

@@ -103,7 +103,9 @@ class CifarResNet(ResidualNet):
     ) -> None:
         super().__init__()
         if not isinstance(depth, int) or depth < 8 or (depth - 2) % 6:
-            raise ConfigError("model.depth", "6n+2 with n >= 1 (8, 14, 20, 32, 44, 56, 110, ...)", depth)
+            raise ConfigError(
+                "model.depth", "6n+2 with n >= 1 (8, 14, 20, 32, 44, 56, 110, ...)", depth
+            )
         if not isinstance(width, int) or width < 1:
             raise ConfigError("model.width", "a positive integer channel multiplier", width)
         if shortcut not in ("A", "B"):

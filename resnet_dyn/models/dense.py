@@ -12,6 +12,7 @@ connected) or conv3x3-f-conv3x3 (convolutional), optionally with BN.
 
 from __future__ import annotations
 
+import copy
 import math
 from collections.abc import Sequence
 
@@ -73,11 +74,15 @@ class DenseResNet(ResidualNet):
         project = in_features != width if input_projection is None else input_projection
         if not project and in_features != width:
             raise ConfigError(
-                "model.input_projection", f"true or null for inputs of size {in_features} != width {width}", False
+                "model.input_projection",
+                f"true or null for inputs of size {in_features} != width {width}",
+                False,
             )
         self.depth, self.width, self.tied, self.activation = depth, width, tied, activation
         self.skip_scale = skip_scale
-        self.stem = nn.Sequential(nn.Flatten(), nn.Linear(in_features, width) if project else nn.Identity())
+        self.stem = nn.Sequential(
+            nn.Flatten(), nn.Linear(in_features, width) if project else nn.Identity()
+        )
         shared = nn.Linear(width, width) if tied else None
         self.units = nn.ModuleList(
             self._make_unit(shared if tied else nn.Linear(width, width)) for _ in range(depth)
@@ -93,8 +98,7 @@ class DenseResNet(ResidualNet):
         return ResidualUnit(branch, shortcut, skip_scale=self.skip_scale)
 
     def unrolled(self, depth: int) -> DenseResNet:
-        """A copy of a tied model with ``depth`` layers that share the trained (W, b), no retraining."""
-        import copy
+        """A copy of a tied model with ``depth`` layers sharing the trained (W, b)."""
 
         if not self.tied:
             raise ConfigError("model.tied", "true to unroll a model to another depth", self.tied)
@@ -111,13 +115,15 @@ class DenseResNet(ResidualNet):
 
 
 class MLP(DenseResNet):
-    """DenseResNet without skip connections: x(t+1) = f(W x(t) + b). Same arguments but no skip_scale."""
+    """DenseResNet without skips: x(t+1) = f(W x(t) + b). Same arguments but no skip_scale."""
 
     residual = False
 
     def __init__(self, *args, **kwargs) -> None:
         if kwargs.get("skip_scale", 1.0) != 1.0:
-            raise ConfigError("model.skip_scale", "no value: an MLP has no skip connections", kwargs["skip_scale"])
+            raise ConfigError(
+                "model.skip_scale", "no value: an MLP has no skip connections", kwargs["skip_scale"]
+            )
         super().__init__(*args, **kwargs)
 
 
@@ -168,7 +174,9 @@ class DeepResNet(ResidualNet):
             self.head = nn.Linear(width, num_classes)
         else:
             self.stem = nn.Conv2d(int(input_shape[0]), width, 3, padding=1, bias=False)
-            self.head = nn.Sequential(nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(width, num_classes))
+            self.head = nn.Sequential(
+                nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(width, num_classes)
+            )
 
         def layer() -> list[nn.Module]:
             if block == "fc":

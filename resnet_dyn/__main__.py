@@ -1,0 +1,5 @@
+"""``python -m resnet_dyn`` is ``resnet-dyn``."""
+
+from resnet_dyn.train import main
+
+main()

@@ -1,0 +1,145 @@
+"""Load trained models for analysis: this project's Lightning checkpoints, or akamaster state dicts.
+
+    net, info = load_model("outputs/.../checkpoints/last.ckpt")
+    net, info = load_model("resnet56.th", fmt="akamaster", depth=56)
+
+Every file is read with ``torch.load(weights_only=True)``, so a checkpoint can carry no code.
+Loading is strict: a mismatch names the missing and unexpected keys.
+"""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from resnet_dyn.config import build
+from resnet_dyn.errors import ConfigError, DataError
+from resnet_dyn.models import CifarResNet, ResidualNet
+
+FORMATS = ("lightning", "akamaster")
+
+
+def _read(path: Path) -> Any:
+    if not path.is_file():
+        raise DataError(f"checkpoint.path: no file {path}")
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as exc:  # truncated, corrupt, or a pickle that needs code
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise DataError(
+            f"checkpoint.path: {path} is not a readable weights-only checkpoint ({first})"
+        ) from None
+
+
+def _load_strict(net: ResidualNet, state: dict[str, torch.Tensor], path: Path) -> None:
+    own = net.state_dict()
+    # Checkpoints saved before PyTorch 0.4.1 have no BN batch counters; they never affect eval.
+    for key in own:
+        if key.endswith("num_batches_tracked") and key not in state:
+            state[key] = own[key]
+    missing = sorted(set(own) - set(state))
+    unexpected = sorted(set(state) - set(own))
+    shapes = sorted(k for k in set(own) & set(state) if own[k].shape != state[k].shape)
+    if missing or unexpected or shapes:
+        parts = []
+        for name, keys in (
+            ("missing", missing),
+            ("unexpected", unexpected),
+            ("wrong shape", shapes),
+        ):
+            if keys:
+                shown = ", ".join(keys[:4]) + (f" (+{len(keys) - 4} more)" if len(keys) > 4 else "")
+                parts.append(f"{name}: {shown}")
+        raise DataError(
+            f"checkpoint.path: {path} does not match the architecture; " + "; ".join(parts)
+        )
+    net.load_state_dict(state, strict=True)
+
+
+def akamaster_to_units(state: dict[str, torch.Tensor], depth: int) -> dict[str, torch.Tensor]:
+    """Rename akamaster/pytorch_resnet_cifar10 keys to this project's CifarResNet keys.
+
+    ``module.conv1`` -> ``stem.0``, ``module.bn1`` -> ``stem.1``,
+    ``module.layer{s}.{i}.conv1|bn1|conv2|bn2`` -> ``units.{k}.branch.0|1|3|4`` with
+    k = (s - 1) * n + i, ``module.linear`` -> ``head.2``. Unknown keys are kept as they are,
+    so that strict loading reports them.
+    """
+    n = (depth - 2) // 6
+    parts = {"conv1": 0, "bn1": 1, "conv2": 3, "bn2": 4}
+    out = {}
+    for key, value in state.items():
+        name = key.removeprefix("module.")
+        if m := re.fullmatch(r"layer(\d)\.(\d+)\.(conv1|bn1|conv2|bn2)\.(.+)", name):
+            k = (int(m[1]) - 1) * n + int(m[2])
+            name = f"units.{k}.branch.{parts[m[3]]}.{m[4]}"
+        elif m := re.fullmatch(r"(conv1|bn1)\.(.+)", name):
+            name = f"stem.{0 if m[1] == 'conv1' else 1}.{m[2]}"
+        elif m := re.fullmatch(r"linear\.(.+)", name):
+            name = f"head.2.{m[1]}"
+        else:
+            name = key
+        out[name] = value
+    return out
+
+
+def units_to_akamaster(state: dict[str, torch.Tensor], depth: int) -> dict[str, torch.Tensor]:
+    """The inverse of :func:`akamaster_to_units` (for exporting and for tests)."""
+    n = (depth - 2) // 6
+    parts = {0: "conv1", 1: "bn1", 3: "conv2", 4: "bn2"}
+    out = {}
+    for key, value in state.items():
+        if m := re.fullmatch(r"units\.(\d+)\.branch\.(\d)\.(.+)", key):
+            s, i = divmod(int(m[1]), n)
+            name = f"layer{s + 1}.{i}.{parts[int(m[2])]}.{m[3]}"
+        elif m := re.fullmatch(r"stem\.(\d)\.(.+)", key):
+            name = f"{'conv1' if m[1] == '0' else 'bn1'}.{m[2]}"
+        else:
+            name = re.sub(r"^head\.2\.", "linear.", key)
+        out[f"module.{name}"] = value
+    return out
+
+
+def load_model(
+    path: str | Path,
+    fmt: str = "lightning",
+    depth: int | None = None,
+    num_classes: int = 10,
+) -> tuple[ResidualNet, dict[str, Any]]:
+    """The model stored at ``path`` in eval mode, and what is known of it.
+
+    ``fmt="lightning"``: a checkpoint of ``resnet-dyn``; the architecture comes from the
+    checkpoint. ``fmt="akamaster"``: ``{'state_dict': {'module.conv1.weight', ...}}``, a
+    post-activation option-A CIFAR ResNet of ``depth`` layers on 3x32x32 images.
+    """
+    path = Path(path)
+    if fmt not in FORMATS:
+        raise ConfigError("checkpoint.format", " | ".join(FORMATS), fmt)
+    ckpt = _read(path)
+    if not isinstance(ckpt, dict) or not isinstance(ckpt.get("state_dict"), dict):
+        raise DataError(f"checkpoint.path: {path} holds no 'state_dict' dictionary of tensors")
+    if fmt == "akamaster":
+        if depth is None:
+            raise ConfigError(
+                "model.depth", "the depth of the akamaster ResNet (20, 32, ..., 1202)", depth
+            )
+        net = CifarResNet(
+            depth=depth, input_shape=(3, 32, 32), num_classes=num_classes, shortcut="A"
+        )
+        _load_strict(net, akamaster_to_units(ckpt["state_dict"], depth), path)
+        info = {"format": fmt, "input_shape": [3, 32, 32], "num_classes": num_classes}
+        return net.eval(), info
+    arch = ckpt.get("resnet_dyn")
+    if not isinstance(arch, dict):
+        raise DataError(
+            f"checkpoint.path: {path} is not a resnet-dyn checkpoint (no architecture); "
+            "for akamaster files set checkpoint.format=akamaster"
+        )
+    net = build(arch["model"], input_shape=arch["input_shape"], num_classes=arch["num_classes"])
+    state = {
+        k.removeprefix("net."): v for k, v in ckpt["state_dict"].items() if k.startswith("net.")
+    }
+    _load_strict(net, state, path)
+    return net.eval(), {"format": fmt, **{k: v for k, v in arch.items() if k != "model"}}

@@ -1,0 +1,147 @@
+"""The LightningModule that trains every model of resnet_dyn as a classifier.
+
+Learning rate: ``optim.lr`` applies at ``optim.base_batch_size``; ``optim.lr_scaling``
+scales it for the actual batch size (Golmant et al.: none, linear, sqrt). The
+schedule steps every iteration: optional linear warm-up, then multistep at
+fractions of all training steps (He et al.: /10 at 50% and 75%), cosine or constant.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import lightning as L
+import torch
+import torch.nn.functional as F
+from hydra.utils import instantiate
+from omegaconf import DictConfig
+from torch import nn
+from torchmetrics.classification import MulticlassAccuracy
+
+from resnet_dyn.errors import ConfigError, check_positive
+
+LR_SCALINGS = ("none", "linear", "sqrt")
+SCHEDULES = ("multistep", "cosine", "constant")
+
+
+def scaled_lr(lr: float, batch_size: int, base_batch_size: int, rule: str) -> float:
+    """The learning rate for ``batch_size`` under a scaling rule relative to ``base_batch_size``.
+
+    >>> scaled_lr(0.1, 512, 128, "linear"), scaled_lr(0.1, 512, 128, "sqrt")
+    (0.4, 0.2)
+    """
+    if rule not in LR_SCALINGS:
+        raise ConfigError("optim.lr_scaling", " | ".join(LR_SCALINGS), rule)
+    ratio = batch_size / base_batch_size
+    return lr * {"none": 1.0, "linear": ratio, "sqrt": math.sqrt(ratio)}[rule]
+
+
+def lr_factor(step: int, total_steps: int, schedule: DictConfig | dict) -> float:
+    """Multiplier of the base learning rate at iteration ``step`` of ``total_steps``."""
+    warmup = int(schedule["warmup_steps"])
+    if step < warmup:
+        start = float(schedule["warmup_start_factor"])
+        return start + (1.0 - start) * step / warmup
+    name = schedule["name"]
+    if name == "multistep":
+        passed = sum(step >= m * total_steps for m in schedule["milestones"])
+        return float(schedule["gamma"]) ** passed
+    if name == "cosine":
+        progress = (step - warmup) / max(1, total_steps - warmup)
+        return 0.5 * (1.0 + math.cos(math.pi * min(1.0, progress)))
+    return 1.0
+
+
+def check_optim(optim: DictConfig) -> None:
+    check_positive("optim.lr", optim.lr)
+    check_positive("optim.weight_decay", optim.weight_decay, allow_zero=True)
+    if not isinstance(optim.base_batch_size, int) or optim.base_batch_size < 1:
+        raise ConfigError("optim.base_batch_size", "a positive integer", optim.base_batch_size)
+    if optim.lr_scaling not in LR_SCALINGS:
+        raise ConfigError("optim.lr_scaling", " | ".join(LR_SCALINGS), optim.lr_scaling)
+    sched = optim.schedule
+    if sched.name not in SCHEDULES:
+        raise ConfigError("optim.schedule.name", " | ".join(SCHEDULES), sched.name)
+    if any(not 0 < m <= 1 for m in sched.milestones):
+        raise ConfigError(
+            "optim.schedule.milestones", "fractions of training in (0, 1]", list(sched.milestones)
+        )
+    if not isinstance(sched.warmup_steps, int) or sched.warmup_steps < 0:
+        raise ConfigError(
+            "optim.schedule.warmup_steps", "a non-negative integer", sched.warmup_steps
+        )
+
+
+class ClassificationModule(L.LightningModule):
+    """Cross-entropy training of ``net`` with accuracy metrics.
+
+    ``architecture`` (the model config, input shape and classes) is stored in every
+    checkpoint under ``"resnet_dyn"``. Logs ``train/loss`` every step, ``train/loss_epoch``
+    and ``train/acc`` per epoch,
+    ``val/loss``, ``val/acc``, ``test/loss``, ``test/acc`` per epoch.
+    """
+
+    def __init__(
+        self,
+        net: nn.Module,
+        optim: DictConfig,
+        batch_size: int,
+        num_classes: int,
+        compile: bool = False,
+        architecture: dict | None = None,
+    ) -> None:
+        super().__init__()
+        check_optim(optim)
+        self.net = net
+        self.architecture = architecture
+        self.optim = optim
+        self.batch_size = batch_size
+        self.forward_fn = torch.compile(net) if compile else net
+        self.train_acc = MulticlassAccuracy(num_classes, average="micro")
+        self.val_acc = MulticlassAccuracy(num_classes, average="micro")
+        self.test_acc = MulticlassAccuracy(num_classes, average="micro")
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.forward_fn(x)
+
+    def _step(self, batch: Any, split: str, acc: MulticlassAccuracy) -> torch.Tensor:
+        x, y = batch
+        logits = self(x)
+        loss = F.cross_entropy(logits, y)
+        acc(logits.detach(), y)
+        on_step = split == "train"
+        self.log(f"{split}/loss", loss, on_step=on_step, on_epoch=not on_step, prog_bar=True)
+        if on_step:
+            self.log("train/loss_epoch", loss, on_step=False, on_epoch=True)
+        self.log(f"{split}/acc", acc, on_step=False, on_epoch=True, prog_bar=split != "train")
+        return loss
+
+    def training_step(self, batch: Any, batch_idx: int) -> torch.Tensor:
+        return self._step(batch, "train", self.train_acc)
+
+    def validation_step(self, batch: Any, batch_idx: int) -> None:
+        self._step(batch, "val", self.val_acc)
+
+    def test_step(self, batch: Any, batch_idx: int) -> None:
+        self._step(batch, "test", self.test_acc)
+
+    def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        # Plain containers only, so that the checkpoint loads with torch.load(weights_only=True)
+        # and the analysis can rebuild the model without the training config.
+        if self.architecture is not None:
+            checkpoint["resnet_dyn"] = self.architecture
+
+    def configure_optimizers(self) -> dict:
+        o = self.optim
+        lr = scaled_lr(o.lr, self.batch_size, o.base_batch_size, o.lr_scaling)
+        optimizer = instantiate(o.optimizer)(self.parameters(), lr=lr, weight_decay=o.weight_decay)
+        total = max(1, int(self.trainer.estimated_stepping_batches))
+        schedule = dict(o.schedule)
+        scheduler = torch.optim.lr_scheduler.LambdaLR(
+            optimizer, lambda step: lr_factor(step, total, schedule)
+        )
+        return {
+            "optimizer": optimizer,
+            "lr_scheduler": {"scheduler": scheduler, "interval": "step"},
+        }

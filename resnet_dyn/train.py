@@ -1,0 +1,189 @@
+"""``resnet-dyn``: train one model from the Hydra configs in ``conf/``, or sweep with ``-m``.
+
+    resnet-dyn                                          # quickstart: ResNet-20 on digits, CPU
+    resnet-dyn model.depth=56 data=cifar10 trainer=gpu
+    resnet-dyn -m model.depth=8,14,20 model.skip_scale=0.5,1.0 model.weight_scale=0.5,1.0
+    resnet-dyn -m hydra/launcher=joblib model.depth=8,14   # the same jobs in parallel processes
+
+Each job writes into its folder: ``summary.json`` (status, resolved config, final
+metrics), ``csv/`` metrics, ``checkpoints/`` and, with ``logger=wandb`` (default),
+an offline W&B run under ``wandb/``.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import hydra
+import lightning as L
+import torch
+from hydra.core.hydra_config import HydraConfig
+from hydra.types import RunMode
+from omegaconf import DictConfig, OmegaConf
+
+from resnet_dyn.config import build
+from resnet_dyn.errors import UserError
+from resnet_dyn.io import write_json_atomic
+from resnet_dyn.lit import ClassificationModule
+
+log = logging.getLogger("resnet_dyn")
+
+# The configs live beside the package in the repository (installed with `pip install -e .`).
+CONFIG_DIR = str(Path(__file__).resolve().parents[1] / "conf")
+
+SUMMARY_METRICS = (
+    "test/acc", "test/loss", "val/acc", "val/loss", "train/acc", "train/loss", "train/loss_epoch",
+)  # fmt: skip
+
+
+def _metrics(trainer: L.Trainer) -> dict[str, float]:
+    out = {}
+    for key in SUMMARY_METRICS:
+        value = trainer.callback_metrics.get(key)
+        if value is not None:
+            out[key] = float(value)
+    return out
+
+
+def _wandb_group(cfg: DictConfig) -> str | None:
+    if cfg.logger.wandb.group:
+        return cfg.logger.wandb.group
+    hc = HydraConfig.get()
+    if hc.mode == RunMode.MULTIRUN:
+        return "/".join(Path(hc.sweep.dir).parts[-2:])
+    return None
+
+
+def build_loggers(cfg: DictConfig, job_dir: Path) -> list:
+    """The CSV logger always; a W&B logger unless ``logger=none``."""
+    from lightning.pytorch.loggers import CSVLogger
+
+    loggers: list = [CSVLogger(save_dir=job_dir, name="csv", version="")]
+    wb = cfg.logger.get("wandb")
+    if wb:
+        from lightning.pytorch.loggers import WandbLogger
+
+        os.environ.setdefault("WANDB_SILENT", "true")
+        wandb_logger = WandbLogger(
+            project=wb.project,
+            entity=wb.entity,
+            offline=wb.offline,
+            save_dir=str(job_dir),
+            group=_wandb_group(cfg),
+            job_type=wb.job_type,
+            tags=list(cfg.tags),
+            name=job_dir.name if HydraConfig.get().mode == RunMode.MULTIRUN else None,
+        )
+        wandb_logger.log_hyperparams(OmegaConf.to_container(cfg, resolve=True))
+        loggers.append(wandb_logger)
+    return loggers
+
+
+def build_callbacks(cfg: DictConfig) -> list[L.Callback]:
+    return [build(c) for c in cfg.callbacks.values() if c is not None]
+
+
+def fit(cfg: DictConfig, job_dir: Path) -> dict[str, Any]:
+    """Build data, model, module and trainer from ``cfg``; train, test; return summary fields."""
+    L.seed_everything(cfg.seed, workers=True, verbose=False)
+    datamodule = build(cfg.data)
+    net = build(cfg.model, input_shape=datamodule.input_shape, num_classes=datamodule.num_classes)
+    architecture = {
+        "model": OmegaConf.to_container(cfg.model, resolve=True),
+        "input_shape": list(datamodule.input_shape),
+        "num_classes": datamodule.num_classes,
+        "mean": list(datamodule.mean),
+        "std": list(datamodule.std),
+    }
+    module = ClassificationModule(
+        net,
+        cfg.optim,
+        datamodule.batch_size,
+        datamodule.num_classes,
+        compile=cfg.compile,
+        architecture=architecture,
+    )
+    loggers = build_loggers(cfg, job_dir)
+    trainer: L.Trainer = build(cfg.trainer, logger=loggers, callbacks=build_callbacks(cfg))
+    trainer.fit(module, datamodule=datamodule)
+    metrics = _metrics(trainer)
+    trainer.test(module, datamodule=datamodule, verbose=False)
+    metrics.update(_metrics(trainer))
+    return {"metrics": metrics, "epochs": trainer.current_epoch, "trainer": trainer}
+
+
+def _print_result(job_dir: Path, summary: dict[str, Any]) -> None:
+    from rich.console import Console
+    from rich.table import Table
+
+    table = Table(title=f"{summary['status']}: {job_dir}", show_header=True)
+    table.add_column("metric")
+    table.add_column("value", justify="right")
+    for key, value in summary.get("metrics", {}).items():
+        table.add_row(key, f"{value:.4f}")
+    table.add_row("epochs", str(summary.get("epochs")))
+    table.add_row("wall_s", f"{summary['wall_s']:.1f}")
+    Console(stderr=False).print(table)
+
+
+def run_job(cfg: DictConfig) -> dict[str, Any]:
+    """One job: train, always finish the W&B run, always write summary.json (completed/failed)."""
+    start = time.time()
+    job_dir = Path(cfg.paths.output_dir)
+    summary: dict[str, Any] = {
+        "status": "failed",
+        "config": OmegaConf.to_container(cfg, resolve=True),
+    }
+    error: BaseException | None = None
+    try:
+        result = fit(cfg, job_dir)
+        summary.update(status="completed", metrics=result["metrics"], epochs=result["epochs"])
+    except Exception as exc:  # recorded in the summary; the sweep goes on
+        error = exc
+        summary["error"] = f"{type(exc).__name__}: {exc}"
+    finally:
+        _finish_wandb()
+        summary["wall_s"] = time.time() - start
+        write_json_atomic(job_dir / "summary.json", summary)
+    if error is not None:
+        raise error
+    _print_result(job_dir, summary)
+    return summary
+
+
+def _finish_wandb() -> None:
+    if "wandb" in sys.modules:
+        import wandb
+
+        if wandb.run is not None:
+            wandb.finish()
+
+
+@hydra.main(version_base="1.3", config_path=CONFIG_DIR, config_name="train")
+def main(cfg: DictConfig) -> float | None:
+    torch.set_float32_matmul_precision("high")
+    multirun = HydraConfig.get().mode == RunMode.MULTIRUN
+    try:
+        summary = run_job(cfg)
+    except UserError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        if multirun:
+            return None  # the failure is in this job's summary.json; the next job runs
+        if os.environ.get("HYDRA_FULL_ERROR") == "1":
+            raise
+        sys.exit(2)
+    except Exception:
+        if not multirun:
+            raise
+        log.exception("job failed; recorded in its summary.json, the sweep goes on")
+        return None
+    return summary["metrics"].get("val/acc")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,99 @@
+"""Checkpoint loading: akamaster key layout round trip, strict mismatch messages, weights only."""
+
+import pytest
+import torch
+
+from resnet_dyn.checkpoints import akamaster_to_units, load_model, units_to_akamaster
+from resnet_dyn.errors import UserError
+from resnet_dyn.models import CifarResNet
+
+
+def _akamaster_state(depth: int) -> dict[str, torch.Tensor]:
+    """A state dict with akamaster's exact key layout, built independently of our mapping."""
+    n = (depth - 2) // 6
+    torch.manual_seed(depth)
+    state = {"module.conv1.weight": torch.randn(16, 3, 3, 3)}
+
+    def bn(prefix: str, c: int) -> None:
+        state[f"{prefix}.weight"] = torch.rand(c) + 0.5
+        state[f"{prefix}.bias"] = torch.randn(c)
+        state[f"{prefix}.running_mean"] = torch.randn(c)
+        state[f"{prefix}.running_var"] = torch.rand(c) + 0.5
+
+    bn("module.bn1", 16)
+    cin = 16
+    for s, c in enumerate((16, 32, 64), start=1):
+        for i in range(n):
+            p = f"module.layer{s}.{i}"
+            state[f"{p}.conv1.weight"] = torch.randn(c, cin, 3, 3) * 0.1
+            bn(f"{p}.bn1", c)
+            state[f"{p}.conv2.weight"] = torch.randn(c, c, 3, 3) * 0.1
+            bn(f"{p}.bn2", c)
+            cin = c
+    state["module.linear.weight"] = torch.randn(10, 64)
+    state["module.linear.bias"] = torch.randn(10)
+    return state
+
+
+def test_akamaster_round_trip(tmp_path):
+    state = _akamaster_state(20)
+    path = tmp_path / "resnet20.th"
+    torch.save({"state_dict": state, "best_prec1": 91.7}, path)
+    net, info = load_model(path, fmt="akamaster", depth=20)
+    assert not net.training and info["input_shape"] == [3, 32, 32]
+    ours = net.state_dict()
+    assert torch.equal(ours["units.4.branch.3.weight"], state["module.layer2.1.conv2.weight"])
+    assert torch.equal(ours["head.2.bias"], state["module.linear.bias"])
+    back = units_to_akamaster({k: v for k, v in ours.items() if "num_batches" not in k}, 20)
+    assert set(back) == set(state)
+    assert all(torch.equal(back[k], state[k]) for k in state)
+
+
+def test_akamaster_mismatch_names_keys(tmp_path):
+    state = _akamaster_state(20)
+    path = tmp_path / "resnet20.th"
+    torch.save({"state_dict": state}, path)
+    with pytest.raises(UserError, match=r"missing: units\.\d+") as info:
+        load_model(path, fmt="akamaster", depth=32)
+    assert "\n" not in str(info.value)
+
+
+def test_lightning_format_and_bad_files(tmp_path):
+    net = CifarResNet(depth=8, input_shape=(1, 8, 8), num_classes=10)
+    arch = {"model": {"_target_": "resnet_dyn.models.CifarResNet", "depth": 8},
+            "input_shape": [1, 8, 8], "num_classes": 10}  # fmt: skip
+    state = {f"net.{k}": v for k, v in net.state_dict().items()}
+    torch.save({"state_dict": state, "resnet_dyn": arch}, tmp_path / "ok.ckpt")
+    loaded, _ = load_model(tmp_path / "ok.ckpt")
+    assert all(
+        torch.equal(a, b)
+        for a, b in zip(loaded.state_dict().values(), net.state_dict().values(), strict=True)
+    )
+    torch.save({"state_dict": state}, tmp_path / "noarch.ckpt")
+    with pytest.raises(UserError, match="not a resnet-dyn checkpoint"):
+        load_model(tmp_path / "noarch.ckpt")
+    (tmp_path / "trunc.ckpt").write_bytes((tmp_path / "ok.ckpt").read_bytes()[:100])
+    with pytest.raises(UserError, match="not a readable"):
+        load_model(tmp_path / "trunc.ckpt")
+    torch.save(torch.ones(3), tmp_path / "tensor.pt")
+    with pytest.raises(UserError, match="state_dict"):
+        load_model(tmp_path / "tensor.pt")
+
+
+def test_weights_only_refuses_code(tmp_path):
+    import pickle
+
+    class Evil:
+        def __reduce__(self):
+            return (print, ("code ran",))
+
+    (tmp_path / "evil.ckpt").write_bytes(pickle.dumps({"state_dict": Evil()}))
+    with pytest.raises(UserError, match="weights-only"):
+        load_model(tmp_path / "evil.ckpt")
+
+
+def test_mapping_is_total_for_resnet56():
+    net = CifarResNet(depth=56)
+    aka = units_to_akamaster(net.state_dict(), 56)
+    assert "module.layer3.8.bn2.running_var" in aka
+    assert akamaster_to_units(aka, 56).keys() == net.state_dict().keys()

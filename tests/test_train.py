@@ -1,0 +1,172 @@
+"""Training end to end through the real configs, the real CLI and offline W&B."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+from conftest import CONF, compose_config, make_image_folder, run_cli
+
+from resnet_dyn.config import build
+from resnet_dyn.lit import lr_factor, scaled_lr
+from resnet_dyn.train import run_job
+
+GROUP_OPTIONS = {
+    group: sorted(p.stem for p in (CONF / group).glob("*.yaml"))
+    for group in ("model", "data", "optim", "trainer", "logger", "callbacks", "experiment", "debug")
+}
+
+
+# Options that need a partner from another group to make sense.
+PARTNER = {
+    "model=dense_resnet": "data=circles",
+    "model=mlp": "data=circles",
+    "data=circles": "model=dense_resnet",
+}
+
+
+@pytest.mark.parametrize(
+    "override", [f"{g}={o}" for g, opts in GROUP_OPTIONS.items() for o in opts]
+)
+def test_every_config_option_composes_and_instantiates(override, tmp_path):
+    overrides = [override] + ([PARTNER[override]] if override in PARTNER else [])
+    if override == "data=image_folder":
+        overrides.append(f"data.root={make_image_folder(tmp_path / 'imgs', per_class=8)}")
+    cfg = compose_config("train", overrides, tmp_path)
+    assert cfg.paths.output_dir == str(tmp_path)
+    dm = build(cfg.data)
+    net = build(cfg.model, input_shape=dm.input_shape, num_classes=dm.num_classes)
+    assert len(net.units) >= 1 and dm.num_classes >= 2
+    trainer = (
+        build(cfg.trainer, logger=False)
+        if "gpu" not in override and "ddp" not in override
+        else None
+    )
+    assert trainer is None or trainer.max_epochs >= 1
+
+
+def test_lr_scaling_and_schedule():
+    assert scaled_lr(0.1, 128, 128, "none") == 0.1
+    assert scaled_lr(0.1, 512, 128, "linear") == pytest.approx(0.4)
+    assert scaled_lr(0.1, 32, 128, "sqrt") == pytest.approx(0.05)
+    sched = {"name": "multistep", "milestones": [0.5, 0.75], "gamma": 0.1, "warmup_steps": 10,
+             "warmup_start_factor": 0.1}  # fmt: skip
+    assert lr_factor(0, 100, sched) == pytest.approx(0.1)
+    assert lr_factor(5, 100, sched) == pytest.approx(0.55)
+    assert [lr_factor(s, 100, sched) for s in (49, 50, 74, 75)] == pytest.approx(
+        [1.0, 0.1, 0.1, 0.01]
+    )
+    cosine = dict(sched, name="cosine", warmup_steps=0)
+    assert lr_factor(0, 100, cosine) == 1.0 and lr_factor(100, 100, cosine) == pytest.approx(0.0)
+
+
+@pytest.mark.parametrize("experiment", GROUP_OPTIONS["experiment"])
+def test_every_experiment_runs_fast_dev_run(experiment, tmp_path):
+    cfg = compose_config(
+        "train", [f"experiment={experiment}", "debug=fast_dev_run", "logger=none"], tmp_path
+    )
+    summary = run_job(cfg)
+    assert summary["status"] == "completed"
+    on_disk = json.loads((tmp_path / "summary.json").read_text())
+    assert on_disk["status"] == "completed" and "test/acc" in on_disk["metrics"]
+
+
+def test_seeded_run_is_reproducible_and_writes_csv(tmp_path):
+    results = []
+    for run in ("a", "b"):
+        cfg = compose_config(
+            "train", ["debug=tiny", "logger=none", "model.depth=8"], tmp_path / run
+        )
+        results.append(run_job(cfg)["metrics"])
+        assert (tmp_path / run / "csv" / "metrics.csv").is_file()
+        assert (tmp_path / run / "checkpoints" / "last.ckpt").is_file()
+    assert results[0] == results[1]
+    cfg = compose_config(
+        "train", ["debug=tiny", "logger=none", "model.depth=8", "seed=1"], tmp_path / "c"
+    )
+    assert run_job(cfg)["metrics"] != results[0]
+
+
+def test_failed_job_records_failed_summary(tmp_path):
+    cfg = compose_config("train", ["model.depth=21", "logger=none"], tmp_path)
+    with pytest.raises(ValueError, match="model.depth"):
+        run_job(cfg)
+    summary = json.loads((tmp_path / "summary.json").read_text())
+    assert summary["status"] == "failed" and "model.depth" in summary["error"]
+
+
+def _job_dirs(sweep: Path) -> list[Path]:
+    return sorted(p for p in sweep.iterdir() if p.is_dir() and p.name.isdigit())
+
+
+def test_multirun_2x2_gives_four_completed_jobs_with_wandb_runs(tmp_path):
+    sweep = tmp_path / "sweep"
+    result = run_cli(
+        [
+            "-m",
+            "model.depth=8,14",
+            "model.skip_scale=0.5,1.0",
+            "trainer.max_epochs=1",
+            "callbacks.progress_bar=null",
+            f"hydra.sweep.dir={sweep}",
+        ],  # fmt: skip
+        cwd=tmp_path,
+    )
+    assert result.returncode == 0, result.stderr[-2000:]
+    jobs = _job_dirs(sweep)
+    assert len(jobs) == 4
+    seen = set()
+    for job in jobs:
+        summary = json.loads((job / "summary.json").read_text())
+        assert summary["status"] == "completed"
+        seen.add((summary["config"]["model"]["depth"], summary["config"]["model"]["skip_scale"]))
+        runs = list((job / "wandb").glob("offline-run-*"))
+        assert len(runs) == 1 and any(runs[0].glob("*.wandb"))
+    assert seen == {(8, 0.5), (8, 1.0), (14, 0.5), (14, 1.0)}
+
+
+def test_multirun_failed_job_does_not_stop_the_sweep(tmp_path):
+    sweep = tmp_path / "sweep"
+    result = run_cli(
+        [
+            "-m",
+            "model.depth=21,8",
+            "debug=tiny",
+            "logger=none",
+            "callbacks.progress_bar=null",
+            f"hydra.sweep.dir={sweep}",
+        ],  # fmt: skip
+        cwd=tmp_path,
+    )
+    assert result.returncode == 0, result.stderr[-2000:]
+    statuses = [json.loads((j / "summary.json").read_text())["status"] for j in _job_dirs(sweep)]
+    assert statuses == ["failed", "completed"]
+    assert "model.depth" in result.stderr
+
+
+@pytest.mark.parametrize(
+    "override, key",
+    [
+        ("model.depth=21", "model.depth"),
+        ("model.skip_scale=-1", "model.skip_scale"),
+        ("data=imagenet", "data"),
+        ("model.not_a_key=1", "not_a_key"),
+        ("optim.lr_scaling=cubic", "optim.lr_scaling"),
+    ],
+)
+def test_bad_overrides_fail_with_a_message_naming_the_key(override, key, tmp_path):
+    result = run_cli([override, "logger=none"], cwd=tmp_path)
+    assert result.returncode != 0
+    assert key in result.stderr
+    assert "Traceback" not in result.stderr
+
+
+def test_missing_dataset_offline_gives_one_line(tmp_path):
+    result = run_cli(
+        ["data=cifar10", f"paths.data_dir={tmp_path / 'nodata'}", "logger=none"], cwd=tmp_path
+    )
+    assert result.returncode == 2
+    lines = [line for line in result.stderr.splitlines() if line.startswith("error:")]
+    assert len(lines) == 1 and str(tmp_path / "nodata") in lines[0]
+    assert "Traceback" not in result.stderr
