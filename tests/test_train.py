@@ -108,7 +108,7 @@ def test_multirun_2x2_gives_four_completed_jobs_with_wandb_runs(tmp_path):
             "model.depth=8,14",
             "model.skip_scale=0.5,1.0",
             "trainer.max_epochs=1",
-            "callbacks.progress_bar=null",
+            "trainer.enable_progress_bar=false",
             f"hydra.sweep.dir={sweep}",
         ],  # fmt: skip
         cwd=tmp_path,
@@ -134,7 +134,7 @@ def test_multirun_failed_job_does_not_stop_the_sweep(tmp_path):
             "model.depth=21,8",
             "debug=tiny",
             "logger=none",
-            "callbacks.progress_bar=null",
+            "trainer.enable_progress_bar=false",
             f"hydra.sweep.dir={sweep}",
         ],  # fmt: skip
         cwd=tmp_path,
@@ -170,3 +170,24 @@ def test_missing_dataset_offline_gives_one_line(tmp_path):
     lines = [line for line in result.stderr.splitlines() if line.startswith("error:")]
     assert len(lines) == 1 and str(tmp_path / "nodata") in lines[0]
     assert "Traceback" not in result.stderr
+
+
+def test_joblib_launcher_runs_jobs_in_parallel_processes(tmp_path):
+    sweep = tmp_path / "sweep"
+    result = run_cli(
+        [
+            "-m",
+            "hydra/launcher=joblib",
+            "hydra.launcher.n_jobs=2",
+            "model.depth=8,14",
+            "debug=tiny",
+            "logger=none",
+            "trainer.enable_progress_bar=false",
+            f"hydra.sweep.dir={sweep}",
+        ],  # fmt: skip
+        cwd=tmp_path,
+    )
+    assert result.returncode == 0, result.stderr[-2000:]
+    summaries = [json.loads((j / "summary.json").read_text()) for j in _job_dirs(sweep)]
+    assert [s["status"] for s in summaries] == ["completed", "completed"]
+    assert sorted(s["config"]["model"]["depth"] for s in summaries) == [8, 14]
