@@ -2,4 +2,5 @@
 
 from resnet_dyn.train import main
 
-main()
+if __name__ == "__main__":
+    main()

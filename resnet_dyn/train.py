@@ -114,7 +114,11 @@ def fit(cfg: DictConfig, job_dir: Path) -> dict[str, Any]:
     metrics = _metrics(trainer)
     trainer.test(module, datamodule=datamodule, verbose=False)
     metrics.update(_metrics(trainer))
-    return {"metrics": metrics, "epochs": trainer.current_epoch, "trainer": trainer}
+    analysis: dict[str, Any] = {}
+    for callback in trainer.callbacks:
+        if hasattr(callback, "analysis_summary"):
+            analysis.update(callback.analysis_summary())
+    return {"metrics": metrics, "epochs": trainer.current_epoch, "analysis": analysis}
 
 
 def _print_result(job_dir: Path, summary: dict[str, Any]) -> None:
@@ -142,12 +146,12 @@ def run_job(cfg: DictConfig) -> dict[str, Any]:
     error: BaseException | None = None
     try:
         result = fit(cfg, job_dir)
-        summary.update(status="completed", metrics=result["metrics"], epochs=result["epochs"])
+        summary.update(status="completed", **result)
     except Exception as exc:  # recorded in the summary; the sweep goes on
         error = exc
         summary["error"] = f"{type(exc).__name__}: {exc}"
     finally:
-        _finish_wandb()
+        finish_wandb()
         summary["wall_s"] = time.time() - start
         write_json_atomic(job_dir / "summary.json", summary)
     if error is not None:
@@ -156,7 +160,7 @@ def run_job(cfg: DictConfig) -> dict[str, Any]:
     return summary
 
 
-def _finish_wandb() -> None:
+def finish_wandb() -> None:
     if "wandb" in sys.modules:
         import wandb
 

@@ -8,10 +8,14 @@ import sys
 from pathlib import Path
 
 import pytest
+import torch
 from hydra import compose, initialize_config_dir
 from hydra.core.global_hydra import GlobalHydra
 from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig, open_dict
+
+# The tests' models are tiny: one thread avoids two threads fighting over two cores.
+torch.set_num_threads(1)
 
 ROOT = Path(__file__).resolve().parents[1]
 CONF = ROOT / "conf"
@@ -30,11 +34,14 @@ def compose_config(name: str, overrides: list[str], output_dir: Path) -> DictCon
     return cfg
 
 
-def run_cli(args: list[str], cwd: Path, timeout: float = 300) -> subprocess.CompletedProcess:
-    """Run ``python -m resnet_dyn ARGS`` in ``cwd`` the way a user would."""
+def run_cli(
+    args: list[str], cwd: Path, timeout: float = 300, module: str = "resnet_dyn"
+) -> subprocess.CompletedProcess:
+    """Run ``python -m MODULE ARGS`` in ``cwd`` the way a user would."""
     env = {k: v for k, v in os.environ.items() if not k.startswith(("WANDB_", "HYDRA_FULL"))}
+    env["OMP_NUM_THREADS"] = "1"
     return subprocess.run(
-        [sys.executable, "-m", "resnet_dyn", *args],
+        [sys.executable, "-m", module, *args],
         cwd=cwd,
         env=env,
         capture_output=True,

@@ -8,7 +8,7 @@ from resnet_dyn.errors import UserError
 from resnet_dyn.models import CifarResNet
 
 
-def _akamaster_state(depth: int) -> dict[str, torch.Tensor]:
+def akamaster_state(depth: int) -> dict[str, torch.Tensor]:
     """A state dict with akamaster's exact key layout, built independently of our mapping."""
     n = (depth - 2) // 6
     torch.manual_seed(depth)
@@ -36,7 +36,7 @@ def _akamaster_state(depth: int) -> dict[str, torch.Tensor]:
 
 
 def test_akamaster_round_trip(tmp_path):
-    state = _akamaster_state(20)
+    state = akamaster_state(20)
     path = tmp_path / "resnet20.th"
     torch.save({"state_dict": state, "best_prec1": 91.7}, path)
     net, info = load_model(path, fmt="akamaster", depth=20)
@@ -50,7 +50,7 @@ def test_akamaster_round_trip(tmp_path):
 
 
 def test_akamaster_mismatch_names_keys(tmp_path):
-    state = _akamaster_state(20)
+    state = akamaster_state(20)
     path = tmp_path / "resnet20.th"
     torch.save({"state_dict": state}, path)
     with pytest.raises(UserError, match=r"missing: units\.\d+") as info:

@@ -1,0 +1,158 @@
+"""Run the configured spectrum analysis of a network and write its arrays and figures.
+
+Shared by ``resnet-dyn-analyze`` and the training callbacks, so that both write
+``analysis`` in one form: ``{"accuracy", "images", "units": [{index, stage, dim_in,
+dim_out, sum: {...}, unit: {...}}], "stages": [...], "spectra_file", "figures"}``.
+"""
+
+from __future__ import annotations
+
+import io
+import time
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from omegaconf import DictConfig, OmegaConf
+
+from resnet_dyn.dynamics import accuracy, analyze_stages, analyze_units, spectra_arrays
+from resnet_dyn.dynamics import with_intervention as intervene
+from resnet_dyn.errors import ConfigError
+from resnet_dyn.io import write_bytes_atomic
+from resnet_dyn.models import ResidualNet
+from resnet_dyn.plots import sorted_spectra, spectrum_histograms
+
+MAPS = ("sum", "unit", "stage")
+Advance = Callable[[str], None]
+
+
+def check_analysis(acfg: DictConfig, net: ResidualNet) -> dict[str, Any]:
+    """Validate ``analysis.*`` against ``net``; the normalised options."""
+    a = OmegaConf.to_container(acfg, resolve=True)
+    if not isinstance(a["images"], int) or a["images"] < 1:
+        raise ConfigError("analysis.images", "a positive number of images", a["images"])
+    maps = [a["maps"]] if isinstance(a["maps"], str) else list(a["maps"])
+    if not maps or any(m not in MAPS for m in maps):
+        raise ConfigError("analysis.maps", f"a list drawn from {list(MAPS)}", a["maps"])
+    units = a["units"]
+    n = len(net.units)
+    if units != "all":
+        units = [units] if isinstance(units, int) else units
+        if not isinstance(units, list) or not units:
+            raise ConfigError("analysis.units", f"all or a list of indices in [0, {n - 1}]", units)
+        for k in units:
+            if not isinstance(k, int) or not 0 <= k < n:
+                raise ConfigError("analysis.units", f"unit indices in [0, {n - 1}]", k)
+    if not isinstance(a["tol"], (int, float)) or not a["tol"] > 0:
+        raise ConfigError("analysis.tol", "a positive number", a["tol"])
+    return {**a, "maps": maps, "units": units}
+
+
+def intervened(net: ResidualNet, intervention: dict[str, Any]) -> ResidualNet:
+    """``net`` itself, or a changed copy when ``analysis.intervention`` asks for one."""
+    alpha, beta = intervention.get("skip_scale"), intervention.get("weight_scale")
+    if alpha is None and beta is None:
+        return net
+    return intervene(net, skip_scale=alpha, weight_scale=beta, units=intervention.get("units"))
+
+
+def _npz_bytes(arrays: dict[str, np.ndarray]) -> bytes:
+    buf = io.BytesIO()
+    np.savez_compressed(buf, **arrays)
+    return buf.getvalue()
+
+
+def _panels(results: Sequence[dict]) -> dict[str, dict[str, np.ndarray]]:
+    return {
+        r["name"]: {kind: raw["sigma"] for kind, raw in r["raw"].items() if "sigma" in raw}
+        for r in results
+        if any("sigma" in raw for raw in r["raw"].values())
+    }
+
+
+def spectrum_analysis(
+    net: ResidualNet,
+    images: torch.Tensor,
+    labels: torch.Tensor,
+    acfg: DictConfig,
+    out_dir: Path,
+    tag: str,
+    advance: Advance | None = None,
+) -> dict[str, Any]:
+    """Analyse ``net`` (eval mode) at ``images`` as ``acfg`` says; npz and PNGs go to ``out_dir``.
+
+    Returns the JSON-ready ``analysis`` summary and, under ``"_results"``, the full
+    per-unit results (with raw spectra) for loggers.
+    """
+    a = check_analysis(acfg, net)
+    start = time.time()
+    net = intervened(net, a["intervention"])
+    options = {"method": a["method"], "tol": a["tol"], "top_k": a["top_k"], "dtype": a["dtype"]}
+    unit_maps = [m for m in a["maps"] if m != "stage"]
+    progress = (lambda done, total: advance(f"{done}/{total}")) if advance else None
+    results: list[dict] = []
+    if unit_maps:
+        results += analyze_units(net, images, a["units"], unit_maps, progress=progress, **options)
+    stages = (
+        analyze_stages(net, images, progress=progress, **options) if "stage" in a["maps"] else []
+    )
+    out_dir.mkdir(parents=True, exist_ok=True)
+    spectra_file = write_bytes_atomic(
+        out_dir / f"spectra_{tag}.npz", _npz_bytes(spectra_arrays(results + stages))
+    )
+    figures = []
+    panels = _panels(results + stages)
+    if panels:
+        title = f"singular values ({tag}, {len(images)} images)"
+        figures.append(spectrum_histograms(panels, out_dir / f"spectra_hist_{tag}.png", title))
+        figures.append(sorted_spectra(panels, out_dir / f"spectra_sorted_{tag}.png", title))
+
+    def strip(r: dict) -> dict:
+        return {k: v for k, v in r.items() if k != "raw"}
+
+    return {
+        "accuracy": accuracy(net, images, labels),
+        "images": len(images),
+        "intervention": a["intervention"],
+        "units": [strip(r) for r in results],
+        "stages": [strip(r) for r in stages],
+        "spectra_file": spectra_file.name,
+        "figures": [f.name for f in figures],
+        "time_s": time.time() - start,
+        "_results": results + stages,
+    }
+
+
+LOGGED_STATS = ("frac_one", "frac_gt_one", "frac_zero", "sigma_max", "sigma_min", "cond")
+
+
+def spectrum_scalars(analysis: dict[str, Any], prefix: str = "spectrum") -> dict[str, float]:
+    """Flat scalars for loggers: ``spectrum/unit_07/sum/frac_one``, ``spectrum/accuracy``, ..."""
+    out = {f"{prefix}/accuracy": float(analysis["accuracy"])}
+    for r in analysis["units"] + analysis["stages"]:
+        what = "stage" if "units" in r else "unit"
+        for kind in MAPS:
+            for stat in LOGGED_STATS:
+                section = r.get(kind)
+                value = section.get(stat) if isinstance(section, dict) else None
+                if isinstance(value, (int, float)) and np.isfinite(value):
+                    out[f"{prefix}/{what}_{r['index']:02d}/{kind}/{stat}"] = float(value)
+    out[f"{prefix}/time_s"] = float(analysis["time_s"])
+    return out
+
+
+def wandb_spectra(analysis: dict[str, Any], prefix: str = "spectrum") -> dict[str, Any]:
+    """W&B histograms of every computed spectrum and the figures, ready for ``run.log``."""
+    import wandb
+
+    out: dict[str, Any] = {}
+    for r in analysis["_results"]:
+        what = "stage" if "units" in r else "unit"
+        for kind, raw in r["raw"].items():
+            if "sigma" in raw:
+                out[f"{prefix}/{what}_{r['index']:02d}/{kind}/hist"] = wandb.Histogram(
+                    np.asarray(raw["sigma"]).ravel(), num_bins=128
+                )
+    return out

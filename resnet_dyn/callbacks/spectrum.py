@@ -1,0 +1,88 @@
+"""Spectrum callback: SVD of every unit's linearization at chosen epochs and at the end of training.
+
+    resnet-dyn callbacks=spectrum analysis.images=4 callbacks.spectrum.every_n_epochs=5
+
+Logs ``spectrum/unit_07/sum/frac_one`` and the other statistics per unit and map,
+a W&B histogram of the singular values per unit, the time spent, and saves the raw
+spectra as ``analysis/spectra_epoch<NNN>.npz`` in the job folder. Its last result is
+the ``analysis`` of the training job's summary.json.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import lightning as L
+from omegaconf import DictConfig
+
+from resnet_dyn.analysis import check_analysis, spectrum_analysis, spectrum_scalars, wandb_spectra
+from resnet_dyn.errors import ConfigError
+from resnet_dyn.progress import unit_progress
+
+
+class SpectrumCallback(L.Callback):
+    """Runs :func:`resnet_dyn.analysis.spectrum_analysis` on a fixed probe batch.
+
+    Args:
+        analysis: the ``analysis`` config (images, units, maps, method, tol, ...).
+        every_n_epochs: also run after every n-th training epoch; 0: only at the end.
+        output_dir: the job folder; spectra go to ``<output_dir>/analysis``.
+    """
+
+    def __init__(self, analysis: DictConfig, output_dir: str, every_n_epochs: int = 0) -> None:
+        if not isinstance(every_n_epochs, int) or every_n_epochs < 0:
+            raise ConfigError(
+                "callbacks.spectrum.every_n_epochs", "an integer >= 0", every_n_epochs
+            )
+        self.analysis = analysis
+        self.every_n_epochs = every_n_epochs
+        self.out_dir = Path(output_dir) / "analysis"
+        self.summary: dict[str, Any] | None = None
+
+    def analysis_summary(self) -> dict[str, Any]:
+        """The last result, for the ``analysis`` section of the job's summary.json."""
+        return self.summary or {}
+
+    def setup(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
+        check_analysis(self.analysis, pl_module.net)  # fail before training, not after it
+
+    def on_train_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        epoch = trainer.current_epoch + 1
+        last = epoch >= (trainer.max_epochs or 0)
+        if self.every_n_epochs and epoch % self.every_n_epochs == 0 and not last:
+            self._run(trainer, pl_module, epoch)
+
+    def on_train_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        if not trainer.sanity_checking:
+            self._run(trainer, pl_module, trainer.current_epoch)
+
+    def _run(self, trainer: L.Trainer, pl_module: L.LightningModule, epoch: int) -> None:
+        images, labels = trainer.datamodule.probe_batch(self.analysis.images)
+        net = pl_module.net
+        was_training = net.training
+        net.eval()
+        try:
+            n = len(net.units) if self.analysis.units == "all" else len(self.analysis.units)
+            n += net.num_stages if "stage" in self.analysis.maps else 0
+            with unit_progress(n, "spectra", trainer) as advance:
+                result = spectrum_analysis(
+                    net,
+                    images.to(pl_module.device),
+                    labels.to(pl_module.device),
+                    self.analysis,
+                    self.out_dir,
+                    f"epoch{epoch:03d}",
+                    advance,
+                )
+        finally:
+            net.train(was_training)
+        scalars = spectrum_scalars(result)
+        for logger in trainer.loggers:
+            logger.log_metrics(scalars, step=trainer.global_step)
+            if type(logger).__name__ == "WandbLogger":
+                logger.experiment.log(
+                    {**wandb_spectra(result), "trainer/global_step": trainer.global_step}
+                )
+        result.pop("_results")
+        self.summary = {**result, "epoch": epoch}

@@ -1,0 +1,124 @@
+"""The maps that are linearized: one residual unit or a whole stage, at one image's state.
+
+    >>> net = CifarResNet(depth=20).eval()
+    >>> states = unit_states(net, images)          # x_0 .. x_K, each (B, C, H, W)
+    >>> f = unit_map(net, 3, states[3][0], "sum")  # x -> alpha*shortcut(x) + F(x) at image 0
+    >>> f(f.x).shape == f.out_shape
+    True
+
+A map acts on ONE sample without a batch dimension (shape ``in_shape``), so that
+``torch.func.vmap`` over tangents and ``jvp``/``vjp`` compose with it directly.
+Kinds: ``"sum"`` (alpha*shortcut(x) + F(x), before the final activation; for a
+pre-activation unit this is the whole unit), ``"unit"`` (x_k -> x_{k+1}) and
+``"stage"`` (the composition of a stage's units, at the stage's input).
+"""
+
+from __future__ import annotations
+
+import copy
+from dataclasses import dataclass, field
+
+import torch
+from torch import nn
+
+from resnet_dyn.errors import ConfigError, UserError
+from resnet_dyn.models.base import ResidualNet, ResidualUnit
+
+MAP_KINDS = ("sum", "unit", "stage")
+
+
+class EvalModeError(UserError, RuntimeError):
+    """A linearization was asked of a model whose BatchNorm/Dropout layers are in train mode."""
+
+
+def check_eval(module: nn.Module) -> None:
+    """Raise :class:`EvalModeError` unless every BatchNorm and Dropout layer is in eval mode.
+
+    In train mode BatchNorm normalises with the statistics of the batch, so the
+    "map of one image" would not exist; switching modes silently would change
+    the caller's model, hence an error.
+    """
+    stochastic = (nn.modules.batchnorm._BatchNorm, nn.modules.dropout._DropoutNd)
+    if any(m.training for m in module.modules() if isinstance(m, stochastic)):
+        raise EvalModeError(
+            "model must be in eval mode (BatchNorm uses batch statistics in train mode): "
+            "call model.eval()"
+        )
+
+
+@dataclass(eq=False)
+class UnitMap:
+    """A map of one sample, ``steps`` applied in order, and the point ``x`` it is linearized at.
+
+    Each step is ``(unit, with_act)``: ``unit(h)`` if ``with_act`` else ``unit.sum_map(h)``.
+    ``index`` is the global index of the first unit; ``kind`` one of :data:`MAP_KINDS`.
+    """
+
+    steps: tuple[tuple[ResidualUnit, bool], ...]
+    x: torch.Tensor
+    kind: str
+    index: int
+    out_shape: torch.Size = field(init=False)
+
+    def __post_init__(self) -> None:
+        with torch.no_grad():
+            self.out_shape = self(self.x).shape
+
+    def __call__(self, z: torch.Tensor) -> torch.Tensor:
+        h = z.unsqueeze(0)
+        for unit, with_act in self.steps:
+            h = unit(h) if with_act else unit.sum_map(h)
+        return h.squeeze(0)
+
+    def to(self, dtype: torch.dtype) -> UnitMap:
+        """The same map in ``dtype`` (copies of the units; this map is unchanged)."""
+        if dtype == self.dtype:
+            return self
+        steps = tuple((copy.deepcopy(u).to(dtype), act) for u, act in self.steps)
+        return UnitMap(steps, self.x.to(dtype), self.kind, self.index)
+
+    @property
+    def in_shape(self) -> torch.Size:
+        return self.x.shape
+
+    @property
+    def dim_in(self) -> int:
+        return self.x.numel()
+
+    @property
+    def dim_out(self) -> int:
+        return self.out_shape.numel()
+
+    @property
+    def stage(self) -> int:
+        return self.steps[0][0].stage
+
+    @property
+    def dtype(self) -> torch.dtype:
+        return self.x.dtype
+
+
+def unit_states(net: ResidualNet, images: torch.Tensor) -> list[torch.Tensor]:
+    """x_0, ..., x_K for a batch of images (one forward pass, eval mode enforced)."""
+    check_eval(net)
+    with torch.no_grad():
+        return net.unit_inputs(images)
+
+
+def unit_map(net: ResidualNet, index: int, x: torch.Tensor, kind: str = "sum") -> UnitMap:
+    """The ``"sum"`` or ``"unit"`` map of unit ``index`` at its input ``x`` (one sample)."""
+    check_eval(net)
+    if not isinstance(index, int) or not 0 <= index < len(net.units):
+        raise ConfigError("units", f"unit indices in [0, {len(net.units) - 1}]", index)
+    if kind not in ("sum", "unit"):
+        raise ConfigError("maps", "sum or unit for a unit map", kind)
+    return UnitMap(((net.units[index], kind == "unit"),), x, kind, index)
+
+
+def stage_map(net: ResidualNet, stage: int, x: torch.Tensor) -> UnitMap:
+    """The composition of the units of ``stage`` at the stage's input ``x`` (one sample)."""
+    check_eval(net)
+    idx = net.stage_units(stage) if isinstance(stage, int) else []
+    if not idx:
+        raise ConfigError("stages", f"stage indices in [0, {net.num_stages - 1}]", stage)
+    return UnitMap(tuple((net.units[k], True) for k in idx), x, "stage", idx[0])

@@ -1,0 +1,100 @@
+"""Figures as PNG files (matplotlib, no display needed).
+
+spectrum_histograms({"unit 07": {"sum": sigmas, "unit": sigmas}}, "hist.png")
+"""
+
+from __future__ import annotations
+
+import io
+import math
+from collections.abc import Mapping
+from pathlib import Path
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+import numpy as np  # noqa: E402
+
+from resnet_dyn.io import write_bytes_atomic  # noqa: E402
+
+Panels = Mapping[str, Mapping[str, np.ndarray]]
+
+
+def _save(fig: plt.Figure, path: str | Path) -> Path:
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", dpi=110, bbox_inches="tight")
+    plt.close(fig)
+    return write_bytes_atomic(path, buf.getvalue())
+
+
+def _grid(n: int, size: float = 3.2) -> tuple[plt.Figure, np.ndarray]:
+    cols = min(4, n)
+    rows = math.ceil(n / cols)
+    fig, axes = plt.subplots(rows, cols, figsize=(size * cols, 0.8 * size * rows), squeeze=False)
+    for ax in axes.flat[n:]:
+        ax.set_visible(False)
+    return fig, axes.flat
+
+
+def spectrum_histograms(panels: Panels, path: str | Path, title: str = "") -> Path:
+    """One panel per unit (or stage): histograms of its singular values, one colour per map.
+
+    Counts are on a log scale because most singular values sit at exactly 1.
+    """
+    fig, axes = _grid(len(panels))
+    for ax, (name, maps) in zip(axes, panels.items(), strict=False):
+        values = [np.asarray(v).ravel() for v in maps.values()]
+        hi = max(1.5, *(float(v.max()) for v in values if v.size))
+        bins = np.linspace(0.0, hi * 1.02, 60)
+        for label, v in zip(maps, values, strict=True):
+            ax.hist(v, bins=bins, alpha=0.55, label=label, log=True)
+        ax.axvline(1.0, color="k", lw=0.8, ls=":")
+        ax.set_title(name, fontsize=9)
+        ax.set_xlabel("singular value", fontsize=8)
+        ax.tick_params(labelsize=7)
+    axes[0].legend(fontsize=7)
+    if title:
+        fig.suptitle(title, fontsize=10)
+    return _save(fig, path)
+
+
+def sorted_spectra(panels: Panels, path: str | Path, title: str = "") -> Path:
+    """One panel per unit: singular values in descending order against their rank."""
+    fig, axes = _grid(len(panels))
+    for ax, (name, maps) in zip(axes, panels.items(), strict=False):
+        for label, v in maps.items():
+            v = np.sort(np.asarray(v).ravel())[::-1]
+            ax.plot(np.arange(1, v.size + 1), v, lw=1.0, label=label)
+        ax.axhline(1.0, color="k", lw=0.8, ls=":")
+        ax.set_title(name, fontsize=9)
+        ax.set_xlabel("rank", fontsize=8)
+        ax.set_ylabel("singular value", fontsize=8)
+        ax.tick_params(labelsize=7)
+    axes[0].legend(fontsize=7)
+    if title:
+        fig.suptitle(title, fontsize=10)
+    return _save(fig, path)
+
+
+def unit_curves(
+    curves: Mapping[str, np.ndarray],
+    path: str | Path,
+    ylabel: str,
+    title: str = "",
+    log: bool = False,
+) -> Path:
+    """Several curves against the unit index k in one panel (e.g. frac_one per unit)."""
+    fig, ax = plt.subplots(figsize=(6, 3.6))
+    for label, y in curves.items():
+        y = np.asarray(y, dtype=float)
+        ax.plot(np.arange(len(y)), y, marker="o", ms=3, lw=1.2, label=label)
+    ax.set_xlabel("unit k")
+    ax.set_ylabel(ylabel)
+    if log:
+        ax.set_yscale("log")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8)
+    if title:
+        ax.set_title(title, fontsize=10)
+    return _save(fig, path)

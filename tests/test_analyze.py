@@ -1,0 +1,95 @@
+"""The spectrum callback inside training and ``resnet-dyn-analyze`` on checkpoints and image folders."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import torch
+from conftest import compose_config, make_image_folder, run_cli
+from test_checkpoints import akamaster_state
+
+from resnet_dyn.train import run_job
+
+CIFAR10 = "[airplane,automobile,bird,cat,deer,dog,frog,horse,ship,truck]"
+
+
+def test_spectrum_callback_logs_saves_and_summarises(tmp_path):
+    cfg = compose_config(
+        "train",
+        [
+            "debug=tiny",
+            "model.depth=8",
+            "callbacks=spectrum",
+            "analysis.units=[0,2]",
+            "analysis.images=2",
+            "trainer.enable_progress_bar=false",
+        ],  # fmt: skip
+        tmp_path,
+    )
+    summary = run_job(cfg)
+    analysis = summary["analysis"]
+    assert [u["index"] for u in analysis["units"]] == [0, 2]
+    unit0 = analysis["units"][0]
+    assert (unit0["dim_in"], unit0["dim_out"]) == (16 * 64, 16 * 64)
+    for kind in ("sum", "unit"):
+        stats = unit0[kind]
+        assert 0 <= stats["frac_one"] <= 1 and stats["sigma_max"] >= stats["sigma_min"] >= 0
+    # The post-activation unit's ReLU zeroes singular values that the sum map does not have.
+    assert unit0["unit"]["frac_zero"] >= unit0["sum"]["frac_zero"]
+    arrays = np.load(tmp_path / "analysis" / "spectra_epoch002.npz")
+    sigma = arrays["unit00_sum_sigma"]
+    assert sigma.shape == (2, 1024) and np.all(np.diff(sigma, axis=1) <= 1e-6)
+    assert (tmp_path / "analysis" / "spectra_hist_epoch002.png").stat().st_size > 1000
+    on_disk = json.loads((tmp_path / "summary.json").read_text())
+    assert on_disk["analysis"]["units"][1]["index"] == 2
+    metrics = (tmp_path / "csv" / "metrics.csv").read_text().splitlines()[0]
+    assert "spectrum/unit_02/unit/frac_one" in metrics
+    wandb_log = next((tmp_path / "wandb").glob("offline-run-*/*.wandb")).read_bytes()
+    assert b"spectrum/unit_00/sum/hist" in wandb_log
+
+
+def test_analyze_akamaster_checkpoint_on_an_image_folder(tmp_path):
+    path = tmp_path / "resnet20.th"
+    torch.save({"state_dict": akamaster_state(20), "best_prec1": 91.0}, path)
+    imgs = make_image_folder(tmp_path / "imgs", classes=("cat", "ship"), per_class=2)
+    result = run_cli(
+        [
+            "model.depth=20",
+            f"checkpoint.path={path}",
+            "checkpoint.format=akamaster",
+            "data=image_folder",
+            f"data.root={imgs}",
+            f"data.classes={CIFAR10}",
+            "data.batch_size=4",
+            "data.mean=[0.485,0.456,0.406]",
+            "data.std=[0.229,0.224,0.225]",
+            "analysis.units=[7,8]",
+            "analysis.images=2",
+            "analysis.maps=[sum,unit]",
+            f"hydra.run.dir={tmp_path / 'job'}",
+        ],  # fmt: skip
+        cwd=tmp_path,
+        module="resnet_dyn.analyze",
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    summary = json.loads((tmp_path / "job" / "summary.json").read_text())
+    assert summary["status"] == "completed"
+    units = summary["analysis"]["units"]
+    assert [u["index"] for u in units] == [7, 8] and units[0]["stage"] == 2
+    assert units[0]["dim_in"] == 64 * 8 * 8 and "method" in units[0]["sum"]
+    assert 0.0 <= summary["analysis"]["accuracy"] <= 1.0
+    job = tmp_path / "job"
+    assert (job / "analysis" / "spectra_final.npz").is_file()
+    assert (job / "analysis" / "spectra_hist_final.png").is_file()
+    assert list((job / "wandb").glob("offline-run-*"))
+
+
+def test_analyze_bad_unit_index_is_one_line(tmp_path):
+    result = run_cli(
+        ["analysis.units=[99]", "logger=none", f"hydra.run.dir={tmp_path / 'job'}"],
+        cwd=tmp_path,
+        module="resnet_dyn.analyze",
+    )
+    assert result.returncode == 2
+    assert "analysis.units" in result.stderr and "Traceback" not in result.stderr
