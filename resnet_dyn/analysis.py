@@ -22,7 +22,7 @@ from resnet_dyn.dynamics import with_intervention as intervene
 from resnet_dyn.errors import ConfigError
 from resnet_dyn.io import write_bytes_atomic
 from resnet_dyn.models import ResidualNet
-from resnet_dyn.plots import sorted_spectra, spectrum_histograms
+from resnet_dyn.plots import sorted_spectra, spectrum_histograms, unit_curves
 
 MAPS = ("sum", "unit", "stage")
 Advance = Callable[[str], None]
@@ -48,6 +48,56 @@ def check_analysis(acfg: DictConfig, net: ResidualNet) -> dict[str, Any]:
     if not isinstance(a["tol"], (int, float)) or not a["tol"] > 0:
         raise ConfigError("analysis.tol", "a positive number", a["tol"])
     return {**a, "maps": maps, "units": units}
+
+
+def probe(
+    datamodule: Any, n: int, key: str, clamp: bool = False
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """The first ``n`` test images (at most all when ``clamp``), or an error naming ``key``."""
+    available = len(datamodule.test_set)
+    if not isinstance(n, int) or n < 1 or (n > available and not clamp):
+        raise ConfigError(key, f"a number of images in 1..{available} (the test split)", n)
+    return datamodule.probe_batch(min(n, available))
+
+
+def perturbation_and_identity(
+    net: ResidualNet,
+    datamodule: Any,
+    acfg: DictConfig,
+    out_dir: Path,
+    tag: str,
+    seed: int = 0,
+) -> dict[str, Any]:
+    """``{"perturbation": ..., "identity": ...}`` of ``net`` (eval mode) on the test images.
+
+    Perturbations follow ``analysis.perturbation`` on the ``analysis.images`` probe images
+    in pixel space; identity magnitudes average over ``analysis.identity.images``.
+    A PNG of the adversarial and random curves against the unit index goes to ``out_dir``.
+    """
+    from resnet_dyn.dynamics.identity import identity_magnitudes
+    from resnet_dyn.dynamics.perturbation import perturbation_analysis, to_pixels
+
+    device = next(net.parameters()).device
+    images, labels = probe(datamodule, acfg.images, "analysis.images")
+    p = acfg.perturbation
+    mean, std = datamodule.mean, datamodule.std
+    pert = perturbation_analysis(
+        net, to_pixels(images, mean, std).to(device), labels.to(device), mean, std,
+        attack=p.attack, eps=p.eps, steps=p.steps, step_size=p.step_size,
+        random_kind=p.random_kind, seed=seed,
+    )  # fmt: skip
+    out_dir.mkdir(parents=True, exist_ok=True)
+    curves = {"adversarial": pert["adversarial_rel"], "random": pert["random_rel"]}
+    title = f"{p.attack}, eps={p.eps:g}: ||x_k(x+d) - x_k(x)|| / ||x_k(x)||"
+    figure = unit_curves(
+        curves, out_dir / f"perturbation_{tag}.png", "relative perturbation", title
+    )
+    pert["figure"] = figure.name
+    result = {"perturbation": pert}
+    if all(u.shortcut is not None for u in net.units):
+        x, _ = probe(datamodule, acfg.identity.images, "analysis.identity.images", clamp=True)
+        result["identity"] = identity_magnitudes(net, x.to(device))
+    return result
 
 
 def intervened(net: ResidualNet, intervention: dict[str, Any]) -> ResidualNet:
@@ -155,4 +205,23 @@ def wandb_spectra(analysis: dict[str, Any], prefix: str = "spectrum") -> dict[st
                 out[f"{prefix}/{what}_{r['index']:02d}/{kind}/hist"] = wandb.Histogram(
                     np.asarray(raw["sigma"]).ravel(), num_bins=128
                 )
+    return out
+
+
+def dynamics_scalars(extra: dict[str, Any]) -> dict[str, float]:
+    """Flat scalars of the perturbation and identity results for loggers."""
+    out: dict[str, float] = {}
+    pert = extra.get("perturbation")
+    if pert:
+        out["perturbation/attacked_accuracy"] = float(pert["attacked_accuracy"])
+        out["perturbation/clean_accuracy"] = float(pert["clean_accuracy"])
+        for k, (adv, rnd) in enumerate(
+            zip(pert["adversarial_rel"], pert["random_rel"], strict=True)
+        ):
+            out[f"perturbation/adversarial_rel/state_{k:02d}"] = float(adv)
+            out[f"perturbation/random_rel/state_{k:02d}"] = float(rnd)
+    ident = extra.get("identity")
+    if ident:
+        out["identity/abs_mean"] = float(ident["abs_mean"])
+        out["identity/scaled_mean"] = float(ident["scaled_mean"])
     return out

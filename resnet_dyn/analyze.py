@@ -8,9 +8,11 @@
         analysis.units=[19,22] analysis.images=4 analysis.maps=[sum,unit]
 
 Writes into its job folder: ``summary.json`` (``analysis.accuracy`` on the analysed
-images and ``analysis.units``, one entry per unit with the statistics of each map,
-means over images and their std), ``analysis/spectra_final.npz`` (raw spectra),
-PNG histograms and sorted spectra, and an offline W&B run.
+images; ``analysis.units``, one entry per unit with the statistics of each map, means
+over images and their std; ``analysis.perturbation``, adversarial vs random
+perturbations per unit; ``analysis.identity``, ||F(x_l)|| and ||F(x_l)|| / ||x_l||
+per block), ``analysis/spectra_final.npz`` (raw spectra), PNG figures (singular-value
+histograms, sorted spectra, perturbation growth), and an offline W&B run.
 """
 
 from __future__ import annotations
@@ -28,7 +30,15 @@ from hydra.core.hydra_config import HydraConfig
 from hydra.types import RunMode
 from omegaconf import DictConfig, OmegaConf
 
-from resnet_dyn.analysis import check_analysis, spectrum_analysis, spectrum_scalars, wandb_spectra
+from resnet_dyn.analysis import (
+    check_analysis,
+    dynamics_scalars,
+    perturbation_and_identity,
+    probe,
+    spectrum_analysis,
+    spectrum_scalars,
+    wandb_spectra,
+)
 from resnet_dyn.checkpoints import load_model
 from resnet_dyn.config import build
 from resnet_dyn.errors import ConfigError, UserError
@@ -88,7 +98,7 @@ def analyze(cfg: DictConfig) -> dict[str, Any]:
         datamodule = build(cfg.data)
         net = load_network(cfg, datamodule.input_shape, datamodule.num_classes)
         a = check_analysis(cfg.analysis, net)
-        images, labels = datamodule.probe_batch(a["images"])
+        images, labels = probe(datamodule, a["images"], "analysis.images")
         device = torch.device(cfg.device)
         net = net.to(device)
         run = start_wandb(cfg, job_dir)
@@ -100,9 +110,15 @@ def analyze(cfg: DictConfig) -> dict[str, Any]:
                 net, images.to(device), labels.to(device), cfg.analysis, job_dir / "analysis",
                 "final", advance,
             )  # fmt: skip
+        extra = perturbation_and_identity(
+            net, datamodule, cfg.analysis, job_dir / "analysis", "final", cfg.seed
+        )
         if run is not None:
-            run.log({**spectrum_scalars(result), **wandb_spectra(result)})
+            run.log(
+                {**spectrum_scalars(result), **wandb_spectra(result), **dynamics_scalars(extra)}
+            )
         result.pop("_results")
+        result.update(extra)
         summary.update(status="completed", analysis=result)
     except Exception as exc:
         summary["error"] = f"{type(exc).__name__}: {exc}"

@@ -114,11 +114,16 @@ def fit(cfg: DictConfig, job_dir: Path) -> dict[str, Any]:
     metrics = _metrics(trainer)
     trainer.test(module, datamodule=datamodule, verbose=False)
     metrics.update(_metrics(trainer))
+    # Analysis callbacks report into summary.json: their results under "analysis",
+    # and job-level facts (e.g. final_depth after pruning) at the top.
     analysis: dict[str, Any] = {}
+    fields: dict[str, Any] = {}
     for callback in trainer.callbacks:
         if hasattr(callback, "analysis_summary"):
             analysis.update(callback.analysis_summary())
-    return {"metrics": metrics, "epochs": trainer.current_epoch, "analysis": analysis}
+        if hasattr(callback, "summary_fields"):
+            fields.update(callback.summary_fields())
+    return {"metrics": metrics, "epochs": trainer.current_epoch, "analysis": analysis, **fields}
 
 
 def _print_result(job_dir: Path, summary: dict[str, Any]) -> None:

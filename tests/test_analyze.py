@@ -79,7 +79,15 @@ def test_analyze_akamaster_checkpoint_on_an_image_folder(tmp_path):
     assert [u["index"] for u in units] == [7, 8] and units[0]["stage"] == 2
     assert units[0]["dim_in"] == 64 * 8 * 8 and "method" in units[0]["sum"]
     assert 0.0 <= summary["analysis"]["accuracy"] <= 1.0
+    pert = summary["analysis"]["perturbation"]
+    assert pert["attack"] == "fgsm" and pert["eps"] == 0.00392
+    for curve in ("adversarial_rel", "random_rel", "adversarial_abs", "random_abs"):
+        assert len(pert[curve]) == 10  # the input of each of 9 units, and the output
+    assert pert["attacked_accuracy"] <= pert["clean_accuracy"]
+    identity = summary["analysis"]["identity"]
+    assert len(identity["scaled"]) == 9 and identity["scaled_mean"] > 0
     job = tmp_path / "job"
+    assert (job / "analysis" / "perturbation_final.png").is_file()
     assert (job / "analysis" / "spectra_final.npz").is_file()
     assert (job / "analysis" / "spectra_hist_final.png").is_file()
     assert list((job / "wandb").glob("offline-run-*"))

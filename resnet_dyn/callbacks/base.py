@@ -1,0 +1,85 @@
+"""What the dynamics callbacks share: eval mode for a measurement, epoch checks, logging.
+
+with evaluating(pl_module.net) as net:
+    result = identity_magnitudes(net, x)
+log_results(trainer, {"identity/scaled_mean": 0.07}, lambda: {"identity/blocks": chart})
+"""
+
+from __future__ import annotations
+
+import io
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+import lightning as L
+import numpy as np
+from torch import nn
+
+from resnet_dyn.errors import ConfigError
+from resnet_dyn.io import write_bytes_atomic
+
+
+@contextmanager
+def evaluating(net: nn.Module) -> Iterator[nn.Module]:
+    """``net`` in eval mode inside the block (BatchNorm on its running statistics, so each
+    input has its own map); the training mode it had is restored after, even on errors."""
+    was_training = net.training
+    net.eval()
+    try:
+        yield net
+    finally:
+        net.train(was_training)
+
+
+def check_count(key: str, value: Any, minimum: int) -> int:
+    """``value`` if it is an integer >= ``minimum``, else a :class:`ConfigError` naming ``key``."""
+    if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
+        raise ConfigError(key, f"an integer >= {minimum}", value)
+    return value
+
+
+def is_last_epoch(trainer: L.Trainer) -> bool:
+    """Whether no training follows the epoch that has just ended."""
+    max_epochs = trainer.max_epochs if trainer.max_epochs and trainer.max_epochs > 0 else None
+    out_of_epochs = max_epochs is not None and trainer.current_epoch + 1 >= max_epochs
+    out_of_steps = 0 <= trainer.max_steps <= trainer.global_step
+    return bool(trainer.should_stop or out_of_epochs or out_of_steps)
+
+
+def log_results(
+    trainer: L.Trainer,
+    scalars: Mapping[str, float],
+    wandb_extras: Callable[[], dict[str, Any]] | None = None,
+) -> None:
+    """Scalars to every logger at the current step; ``wandb_extras()`` (charts, images) to W&B.
+
+    The extras are built lazily so that runs without W&B never import it.
+    """
+    for logger in trainer.loggers:
+        logger.log_metrics(dict(scalars), step=trainer.global_step)
+        if wandb_extras is not None and type(logger).__name__ == "WandbLogger":
+            logger.experiment.log({**wandb_extras(), "trainer/global_step": trainer.global_step})
+
+
+def wandb_curves(
+    xs: Sequence[float], curves: Mapping[str, Sequence[float]], title: str, xname: str
+) -> Any:
+    """A W&B line plot of several curves against the same x (e.g. one value per unit)."""
+    import wandb
+
+    return wandb.plot.line_series(
+        xs=list(xs),
+        ys=[list(map(float, y)) for y in curves.values()],
+        keys=list(curves),
+        title=title,
+        xname=xname,
+    )
+
+
+def write_npz(path: Path, arrays: Mapping[str, np.ndarray]) -> Path:
+    """Compressed ``.npz`` of ``arrays``, written atomically."""
+    buf = io.BytesIO()
+    np.savez_compressed(buf, **arrays)
+    return write_bytes_atomic(path, buf.getvalue())

@@ -1,0 +1,112 @@
+"""Figures of the dynamics analyses as PNG files: perturbation growth, residual trajectories, depth.
+
+perturbation_growth(perturbation_analysis(...), "perturbation.png")
+class_trajectories(mean, std, classes=[0, 1], path="trajectories.png")   # (C, T, N) arrays
+depth_per_epoch([15, 14, 14], [0.002, 0.03, 0.02], threshold=0.01, path="depth.png")
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from resnet_dyn.plots import _grid, _save, plt
+
+# Beyond this many neurons one panel per neuron is unreadable; the norm is drawn instead.
+MAX_NEURON_PANELS = 8
+
+
+def _stage_boundaries(ax: Any, unit_stage: Sequence[int]) -> None:
+    # State k is the input of unit k, so a downsampling unit k sits between states k and k+1.
+    for k in range(1, len(unit_stage) - 1):
+        if unit_stage[k] != unit_stage[k - 1]:
+            ax.axvline(k + 0.5, color="gray", lw=0.8, ls=":")
+
+
+def perturbation_growth(result: Mapping[str, Any], path: str | Path, title: str = "") -> Path:
+    """Adversarial vs random perturbations against the state index k (input of unit k, the
+    last point the network's output): relative and absolute size, log scale; dotted lines
+    mark the downsampling units between stages."""
+    fig, axes = plt.subplots(1, 2, figsize=(10, 3.6))
+    for ax, scale in zip(axes, ("rel", "abs"), strict=True):
+        for kind in ("adversarial", "random"):
+            y = np.asarray(result[f"{kind}_{scale}"], dtype=float)
+            ax.plot(np.arange(len(y)), y, marker="o", ms=3, lw=1.2, label=kind)
+        _stage_boundaries(ax, result.get("unit_stage", []))
+        ax.set_yscale("log")
+        ax.set_xlabel("state k (input of unit k)")
+        ax.set_ylabel("||x_k(x+d) - x_k(x)||" + (" / ||x_k(x)||" if scale == "rel" else ""))
+        ax.grid(alpha=0.3)
+    axes[0].legend(fontsize=8)
+    if title:
+        fig.suptitle(title, fontsize=10)
+    return _save(fig, path)
+
+
+def class_trajectories(
+    mean: np.ndarray,
+    std: np.ndarray,
+    classes: Sequence[int],
+    path: str | Path,
+    title: str = "",
+) -> Path:
+    """Per-class mean residual y(t) (shaded: +- one std) against the layer t = 1..T.
+
+    ``mean``, ``std``: (classes, layers, neurons...). One panel per neuron up to
+    ``MAX_NEURON_PANELS`` neurons; beyond, one panel of the norm of each class's mean.
+    """
+    mean = np.asarray(mean, dtype=float)
+    mean = mean.reshape(*mean.shape[:2], -1)
+    std = np.asarray(std, dtype=float).reshape(mean.shape)
+    t = np.arange(1, mean.shape[1] + 1)
+    per_neuron = mean.shape[2] <= MAX_NEURON_PANELS
+    fig, axes = _grid(mean.shape[2] if per_neuron else 1)
+    for i, ax in enumerate(axes if per_neuron else axes[:1]):
+        for c, label in enumerate(classes):
+            if per_neuron:
+                y, s = mean[c, :, i], std[c, :, i]
+                ax.fill_between(t, y - s, y + s, alpha=0.2)
+            else:
+                y = np.linalg.norm(mean[c], axis=1)
+            ax.plot(t, y, lw=1.2, label=f"class {label}")
+        ax.set_title(f"neuron {i}" if per_neuron else "||class mean of y(t)||", fontsize=9)
+        ax.set_xlabel("layer t", fontsize=8)
+        ax.tick_params(labelsize=7)
+        ax.grid(alpha=0.3)
+    axes[0].set_ylabel("residual y(t)", fontsize=8)
+    axes[0].legend(fontsize=7)
+    if title:
+        fig.suptitle(title, fontsize=10)
+    return _save(fig, path)
+
+
+def depth_per_epoch(
+    depths: Sequence[int],
+    convergence: Sequence[float | None],
+    threshold: float,
+    path: str | Path,
+    title: str = "",
+) -> Path:
+    """Depth against the epoch (``depths[0]``: before training) and the pruning criterion of
+    every epoch against its threshold (log scale; missing values where the net had one layer)."""
+    fig, (left, right) = plt.subplots(1, 2, figsize=(10, 3.4))
+    left.step(np.arange(len(depths)), depths, where="post", marker="o", ms=3)
+    left.set_xlabel("epoch")
+    left.set_ylabel("layers")
+    left.grid(alpha=0.3)
+    values = np.array([np.nan if v is None else v for v in convergence], dtype=float)
+    right.plot(np.arange(1, len(values) + 1), values, marker="o", ms=3, label="criterion")
+    if threshold > 0:
+        right.axhline(threshold, color="k", lw=0.8, ls=":", label="threshold")
+    if np.any(values > 0):
+        right.set_yscale("log")
+    right.set_xlabel("epoch")
+    right.set_ylabel("mean |y(T) - y(T-1)|")
+    right.grid(alpha=0.3)
+    right.legend(fontsize=8)
+    if title:
+        fig.suptitle(title, fontsize=10)
+    return _save(fig, path)
