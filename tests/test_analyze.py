@@ -67,6 +67,8 @@ def test_analyze_akamaster_checkpoint_on_an_image_folder(tmp_path):
             "analysis.units=[7,8]",
             "analysis.images=2",
             "analysis.maps=[sum,unit]",
+            "analysis.perturbation.attack=fgsm",
+            "analysis.perturbation.eps=0.00392",
             f"hydra.run.dir={tmp_path / 'job'}",
         ],  # fmt: skip
         cwd=tmp_path,
