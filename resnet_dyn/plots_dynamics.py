@@ -12,11 +12,16 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+from matplotlib.ticker import MaxNLocator
 
 from resnet_dyn.plots import _grid, _save, plt
 
 # Beyond this many neurons one panel per neuron is unreadable; the norm is drawn instead.
 MAX_NEURON_PANELS = 8
+
+
+def _integer_x(ax: Any) -> None:
+    ax.xaxis.set_major_locator(MaxNLocator(integer=True))
 
 
 def _stage_boundaries(ax: Any, unit_stage: Sequence[int]) -> None:
@@ -37,12 +42,15 @@ def perturbation_growth(result: Mapping[str, Any], path: str | Path, title: str 
             ax.plot(np.arange(len(y)), y, marker="o", ms=3, lw=1.2, label=kind)
         _stage_boundaries(ax, result.get("unit_stage", []))
         ax.set_yscale("log")
+        _integer_x(ax)
         ax.set_xlabel("state k (input of unit k)")
-        ax.set_ylabel("||x_k(x+d) - x_k(x)||" + (" / ||x_k(x)||" if scale == "rel" else ""))
+        ax.set_title(
+            "||x_k(x+d) - x_k(x)||" + (" / ||x_k(x)||" if scale == "rel" else ""), fontsize=9
+        )
         ax.grid(alpha=0.3)
     axes[0].legend(fontsize=8)
     if title:
-        fig.suptitle(title, fontsize=10)
+        fig.suptitle(title, fontsize=10, y=1.02)
     return _save(fig, path)
 
 
@@ -63,7 +71,7 @@ def class_trajectories(
     std = np.asarray(std, dtype=float).reshape(mean.shape)
     t = np.arange(1, mean.shape[1] + 1)
     per_neuron = mean.shape[2] <= MAX_NEURON_PANELS
-    fig, axes = _grid(mean.shape[2] if per_neuron else 1)
+    fig, axes = _grid(mean.shape[2], 3.2) if per_neuron else _grid(1, 5.0)
     for i, ax in enumerate(axes if per_neuron else axes[:1]):
         for c, label in enumerate(classes):
             if per_neuron:
@@ -74,12 +82,13 @@ def class_trajectories(
             ax.plot(t, y, lw=1.2, label=f"class {label}")
         ax.set_title(f"neuron {i}" if per_neuron else "||class mean of y(t)||", fontsize=9)
         ax.set_xlabel("layer t", fontsize=8)
+        _integer_x(ax)
         ax.tick_params(labelsize=7)
         ax.grid(alpha=0.3)
     axes[0].set_ylabel("residual y(t)", fontsize=8)
     axes[0].legend(fontsize=7)
     if title:
-        fig.suptitle(title, fontsize=10)
+        fig.suptitle(title, fontsize=10, y=1.04)
     return _save(fig, path)
 
 
@@ -95,7 +104,8 @@ def depth_per_epoch(
     fig, (left, right) = plt.subplots(1, 2, figsize=(10, 3.4))
     left.step(np.arange(len(depths)), depths, where="post", marker="o", ms=3)
     left.set_xlabel("epoch")
-    left.set_ylabel("layers")
+    left.set_ylabel("layers (after the epoch)")
+    left.yaxis.set_major_locator(MaxNLocator(integer=True))
     left.grid(alpha=0.3)
     values = np.array([np.nan if v is None else v for v in convergence], dtype=float)
     right.plot(np.arange(1, len(values) + 1), values, marker="o", ms=3, label="criterion")
@@ -104,9 +114,11 @@ def depth_per_epoch(
     if np.any(values > 0):
         right.set_yscale("log")
     right.set_xlabel("epoch")
+    for ax in (left, right):
+        _integer_x(ax)
     right.set_ylabel("mean |y(T) - y(T-1)|")
     right.grid(alpha=0.3)
     right.legend(fontsize=8)
     if title:
-        fig.suptitle(title, fontsize=10)
+        fig.suptitle(title, fontsize=10, y=1.02)
     return _save(fig, path)

@@ -1,5 +1,8 @@
 """Thin Lightning wrappers that run the analyses of ``resnet_dyn.dynamics`` and log them."""
 
+from resnet_dyn.callbacks.identity import IdentityCallback
+from resnet_dyn.callbacks.perturbation import PerturbationCallback
 from resnet_dyn.callbacks.spectrum import SpectrumCallback
+from resnet_dyn.callbacks.transient import LagziCallback
 
-__all__ = ["SpectrumCallback"]
+__all__ = ["IdentityCallback", "LagziCallback", "PerturbationCallback", "SpectrumCallback"]

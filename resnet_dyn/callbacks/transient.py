@@ -21,6 +21,7 @@ last epoch: the head would be left untrained on the shallower output.
 
 from __future__ import annotations
 
+import math
 from pathlib import Path
 from typing import Any
 
@@ -50,7 +51,7 @@ KEY = "callbacks.lagzi"
 
 def _finite_or_none(value: float) -> float | None:
     # A one-layer net has no criterion (NaN), which JSON cannot hold.
-    return None if value != value else value
+    return None if math.isnan(value) else value
 
 
 class LagziCallback(L.Callback):
@@ -105,10 +106,8 @@ class LagziCallback(L.Callback):
             )
         tied_dense = isinstance(net, DenseResNet) and net.residual and net.tied
         if self.trajectory_depth is not None and not tied_dense:
-            raise ConfigError(
-                f"{KEY}.trajectory_depth", "null unless model=dense_resnet model.tied=true",
-                self.trajectory_depth,
-            )  # fmt: skip
+            expected = "null unless model=dense_resnet model.tied=true"
+            raise ConfigError(f"{KEY}.trajectory_depth", expected, self.trajectory_depth)
         self.initial_depth = len(net.units)
 
     def on_train_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:

@@ -1,0 +1,148 @@
+"""The perturbation, identity and Lagzi callbacks inside real training runs."""
+
+from __future__ import annotations
+
+import csv
+import json
+
+import numpy as np
+import pytest
+import torch
+from conftest import compose_config
+
+from resnet_dyn.checkpoints import load_model
+from resnet_dyn.config import build
+from resnet_dyn.dynamics.identity import identity_magnitudes
+from resnet_dyn.dynamics.perturbation import perturbation_analysis, to_pixels
+from resnet_dyn.errors import ConfigError
+from resnet_dyn.train import run_job
+
+QUIET = ["debug=tiny", "trainer.enable_progress_bar=false"]
+CIRCLES = ["model=dense_resnet", "data=circles", "callbacks=lagzi", "logger=none"]
+
+
+def metric_rows(job, key: str) -> list[float]:
+    with open(job / "csv" / "metrics.csv") as f:
+        return [float(r[key]) for r in csv.DictReader(f) if r.get(key)]
+
+
+def final_model_and_probe(job, cfg, n: int):
+    """The trained net from last.ckpt (saved after the last epoch) and the callbacks' probe."""
+    net, _ = load_model(job / "checkpoints" / "last.ckpt")
+    dm = build(cfg.data)
+    return net, dm, *dm.probe_batch(n)
+
+
+def test_perturbation_callback_curves_figure_and_wandb(tmp_path):
+    overrides = ["model.depth=8", "callbacks=perturbation", "analysis.images=16"]
+    cfg = compose_config("train", QUIET + overrides, tmp_path)
+    summary = run_job(cfg)
+    p = summary["analysis"]["perturbation"]
+    assert (p["attack"], p["images"], p["epoch"]) == ("fgsm", 16, 2)
+    for curve in ("adversarial_rel", "random_rel", "adversarial_abs", "random_abs"):
+        assert len(p[curve]) == 3 + 1  # the input of each of the 3 units and the output
+    assert p["attacked_accuracy"] <= p["clean_accuracy"]
+    assert p["final_ratio"] == pytest.approx(p["adversarial_rel"][-1] / p["random_rel"][-1])
+    # The callback attacks the final model on the probe images in pixel space.
+    net, dm, images, labels = final_model_and_probe(tmp_path, cfg, 16)
+    pixels = to_pixels(images, dm.mean, dm.std)
+    direct = perturbation_analysis(net, pixels, labels, dm.mean, dm.std, "fgsm", eps=0.0313725)
+    assert p["adversarial_rel"] == pytest.approx(direct["adversarial_rel"], rel=1e-4)
+    assert p["attacked_accuracy"] == direct["attacked_accuracy"]
+    assert (tmp_path / "analysis" / p["figure"]).stat().st_size > 1000
+    assert p["figure"] == "perturbation_epoch002.png"
+    on_disk = json.loads((tmp_path / "summary.json").read_text())["analysis"]["perturbation"]
+    assert on_disk["random_abs"] == p["random_abs"]
+    assert metric_rows(tmp_path, "perturbation/final_ratio") == [pytest.approx(p["final_ratio"])]
+    wandb_log = next((tmp_path / "wandb").glob("offline-run-*/*.wandb")).read_bytes()
+    assert b"perturbation/rel" in wandb_log and b"perturbation/abs" in wandb_log
+
+
+def test_identity_callback_every_epoch_and_summary(tmp_path):
+    overrides = ["model.depth=14", "callbacks=identity", "analysis.identity.images=32",
+                 "analysis.identity.epsilon=0.9", "logger=none"]  # fmt: skip
+    cfg = compose_config("train", QUIET + overrides, tmp_path)
+    ident = run_job(cfg)["analysis"]["identity"]
+    assert len(ident["abs"]) == len(ident["scaled"]) == 6  # (14 - 2) / 2 blocks
+    assert ident["scaled_mean"] == pytest.approx(np.mean(ident["scaled"]))
+    assert [h["epoch"] for h in ident["history"]] == [1, 2]
+    assert metric_rows(tmp_path, "identity/scaled_mean") == pytest.approx(
+        [h["scaled_mean"] for h in ident["history"]]
+    )
+    # Hauser's stopping rule per epoch (0.9 lies between the two epochs' values at seed 0).
+    below = [h["scaled_mean"] < 0.9 for h in ident["history"]]
+    assert [h["below_epsilon"] for h in ident["history"]] == below
+    assert metric_rows(tmp_path, "identity/below_epsilon") == [float(b) for b in below]
+    assert ident["first_epoch_below"] == (below.index(True) + 1 if any(below) else None)
+    net, _, images, _ = final_model_and_probe(tmp_path, cfg, 32)
+    assert ident["abs"] == pytest.approx(identity_magnitudes(net, images)["abs"], rel=1e-4)
+    assert (tmp_path / "analysis" / "identity_epoch002.png").is_file()
+
+
+@pytest.mark.parametrize(
+    ("tied", "depth", "epochs", "min_depth", "expected"),
+    [
+        ("true", 6, 3, 3, [5, 4, 4]),  # no layer is dropped after the last epoch
+        ("false", 4, 4, 2, [3, 2, 2, 2]),  # nor below min_depth; untied: stale optimizer params
+    ],
+)
+def test_lagzi_prunes_one_layer_per_epoch(tmp_path, tied, depth, epochs, min_depth, expected):
+    overrides = [f"model.tied={tied}", f"model.depth={depth}", f"trainer.max_epochs={epochs}",
+                 "callbacks.lagzi.threshold=10.0", f"callbacks.lagzi.min_depth={min_depth}",
+                 "callbacks.lagzi.images=64"]  # fmt: skip
+    summary = run_job(compose_config("train", QUIET + CIRCLES + overrides, tmp_path))
+    t = summary["analysis"]["transient"]
+    assert t["depth_per_epoch"] == expected and t["initial_depth"] == depth
+    assert summary["final_depth"] == t["final_depth"] == expected[-1]
+    assert summary["epochs"] == epochs and "test/acc" in summary["metrics"]
+    assert metric_rows(tmp_path, "lagzi/depth") == expected
+    # Checkpoints carry the pruned depth, so the analysis can rebuild the model.
+    net, _ = load_model(tmp_path / "checkpoints" / "last.ckpt")
+    assert len(net.units) == expected[-1]
+    arrays = np.load(tmp_path / "analysis" / t["trajectory_file"])
+    assert arrays["mean"].shape == arrays["std"].shape == (2, expected[-1], 3)
+
+
+def test_lagzi_threshold_zero_keeps_depth_and_unrolls_trajectories(tmp_path):
+    overrides = ["model.depth=5", "callbacks.lagzi.threshold=0",
+                 "callbacks.lagzi.trajectory_depth=12", "callbacks.lagzi.images=64"]  # fmt: skip
+    cfg = compose_config("train", QUIET + CIRCLES + overrides, tmp_path)
+    summary = run_job(cfg)
+    t = summary["analysis"]["transient"]
+    assert t["depth_per_epoch"] == [5, 5] and summary["final_depth"] == 5
+    assert len(t["convergence"]) == 2 and all(c > 0 for c in t["convergence"])
+    assert metric_rows(tmp_path, "lagzi/convergence") == pytest.approx(t["convergence"])
+    arrays = np.load(tmp_path / "analysis" / "transient_trajectories.npz")
+    assert arrays["mean"].shape == (2, 12, 3) and arrays["convergence"].shape == (11,)
+    # The first 5 unrolled layers are the trained ones: class 0's mean residuals, by hand.
+    net, _, x, y = final_model_and_probe(tmp_path, cfg, 64)
+    W, b = net.units[0].branch[0].weight, net.units[0].branch[0].bias
+    state, means = net.stem(x), []
+    with torch.no_grad():
+        for _ in range(5):
+            residual = torch.sigmoid(state @ W.T + b)
+            means.append(residual[y == 0].mean(0))
+            state = state + residual
+    assert np.allclose(arrays["mean"][0, :5], torch.stack(means).numpy(), atol=1e-5)
+    for name in (t["figure"], t["depth_figure"]):
+        assert (tmp_path / "analysis" / name).stat().st_size > 1000
+
+
+@pytest.mark.parametrize(
+    ("overrides", "key"),
+    [
+        (["callbacks=identity", "model=mlp", "data=circles"], "callbacks.identity"),
+        (["callbacks=lagzi", "model.depth=8"], "model"),  # a CIFAR ResNet changes shape
+        (CIRCLES + ["model.tied=false", "callbacks.lagzi.trajectory_depth=50"],
+         "callbacks.lagzi.trajectory_depth"),
+        (["callbacks=perturbation", "analysis.perturbation.attack=cw"],
+         "analysis.perturbation.attack"),
+    ],
+)  # fmt: skip
+def test_unsuitable_models_and_settings_fail_before_training(tmp_path, overrides, key):
+    cfg = compose_config("train", QUIET + ["logger=none"] + overrides, tmp_path)
+    with pytest.raises(ConfigError) as err:
+        run_job(cfg)
+    assert err.value.key == key
+    summary = json.loads((tmp_path / "summary.json").read_text())
+    assert summary["status"] == "failed" and "epochs" not in summary
