@@ -1,4 +1,4 @@
-"""The spectrum callback inside training and ``resnet-dyn-analyze`` on checkpoints and image folders."""
+"""The spectrum callback in training, and resnet-dyn-analyze on checkpoints and image folders."""
 
 from __future__ import annotations
 
