@@ -12,6 +12,7 @@ an offline W&B run under ``wandb/``.
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 import sys
@@ -88,8 +89,9 @@ def build_callbacks(cfg: DictConfig) -> list[L.Callback]:
     return [build(c) for c in cfg.callbacks.values() if c is not None]
 
 
-def fit(cfg: DictConfig, job_dir: Path) -> dict[str, Any]:
-    """Build data, model, module and trainer from ``cfg``; train, test; return summary fields."""
+def fit(cfg: DictConfig, job_dir: Path, ckpt_path: Path | None = None) -> dict[str, Any]:
+    """Build data, model, module and trainer from ``cfg``; train (resuming from ``ckpt_path``),
+    test; return the summary fields."""
     L.seed_everything(cfg.seed, workers=True, verbose=False)
     datamodule = build(cfg.data)
     net = build(cfg.model, input_shape=datamodule.input_shape, num_classes=datamodule.num_classes)
@@ -110,7 +112,9 @@ def fit(cfg: DictConfig, job_dir: Path) -> dict[str, Any]:
     )
     loggers = build_loggers(cfg, job_dir)
     trainer: L.Trainer = build(cfg.trainer, logger=loggers, callbacks=build_callbacks(cfg))
-    trainer.fit(module, datamodule=datamodule)
+    if ckpt_path is not None:
+        log.info("resuming from %s", ckpt_path)
+    trainer.fit(module, datamodule=datamodule, ckpt_path=ckpt_path)
     metrics = _metrics(trainer)
     trainer.test(module, datamodule=datamodule, verbose=False)
     metrics.update(_metrics(trainer))
@@ -140,17 +144,49 @@ def _print_result(job_dir: Path, summary: dict[str, Any]) -> None:
     Console(stderr=False).print(table)
 
 
+def _without_paths(config: dict[str, Any]) -> dict[str, Any]:
+    return {k: v for k, v in config.items() if k != "paths"}
+
+
+def previous_summary(job_dir: Path, config: dict[str, Any]) -> dict[str, Any] | None:
+    """The summary of this job if it already completed in ``job_dir`` with the same config."""
+    path = job_dir / "summary.json"
+    if not path.is_file():
+        return None
+    try:
+        old = json.loads(path.read_text())
+    except json.JSONDecodeError:
+        return None  # written atomically, so this is not ours; run the job again
+    if old.get("status") != "completed":
+        return None
+    if _without_paths(old.get("config", {})) != _without_paths(config):
+        raise UserError(
+            f"{job_dir} holds a completed job with another config; "
+            "use a new hydra.sweep.dir (or hydra.run.dir) or set resume=false"
+        )
+    return old
+
+
 def run_job(cfg: DictConfig) -> dict[str, Any]:
-    """One job: train, always finish the W&B run, always write summary.json (completed/failed)."""
+    """One job: train, always finish the W&B run, always write summary.json (completed/failed).
+
+    With ``resume=true`` (default) a job whose folder already holds a completed summary with
+    the same config is skipped, and one that was interrupted resumes from ``last.ckpt``:
+    re-running a sweep command with the same ``hydra.sweep.dir`` finishes only what is left.
+    """
     start = time.time()
     job_dir = Path(cfg.paths.output_dir)
-    summary: dict[str, Any] = {
-        "status": "failed",
-        "config": OmegaConf.to_container(cfg, resolve=True),
-    }
+    config = OmegaConf.to_container(cfg, resolve=True)
+    last = job_dir / "checkpoints" / "last.ckpt"
+    if cfg.resume:
+        done = previous_summary(job_dir, config)
+        if done is not None:
+            log.info("already completed, skipped: %s", job_dir)
+            return done
+    summary: dict[str, Any] = {"status": "failed", "config": config}
     error: BaseException | None = None
     try:
-        result = fit(cfg, job_dir)
+        result = fit(cfg, job_dir, last if cfg.resume and last.is_file() else None)
         summary.update(status="completed", **result)
     except Exception as exc:  # recorded in the summary; the sweep goes on
         error = exc

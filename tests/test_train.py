@@ -191,3 +191,25 @@ def test_joblib_launcher_runs_jobs_in_parallel_processes(tmp_path):
     summaries = [json.loads((j / "summary.json").read_text()) for j in _job_dirs(sweep)]
     assert [s["status"] for s in summaries] == ["completed", "completed"]
     assert sorted(s["config"]["model"]["depth"] for s in summaries) == [8, 14]
+
+
+def test_rerunning_a_sweep_skips_completed_jobs_and_resumes_interrupted_ones(tmp_path):
+    sweep = tmp_path / "sweep"
+    args = ["-m", "model.depth=8,14", "debug=tiny", "trainer.max_epochs=1", "logger=none",
+            "trainer.enable_progress_bar=false", f"hydra.sweep.dir={sweep}"]  # fmt: skip
+    assert run_cli(args, cwd=tmp_path).returncode == 0
+    first, second = _job_dirs(sweep)
+    kept = (first / "summary.json").read_text()
+    # Job 1 "was killed" after its checkpoint was written and before its summary.
+    (second / "summary.json").unlink()
+    assert (second / "checkpoints" / "last.ckpt").is_file()
+    result = run_cli(args, cwd=tmp_path)
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert (first / "summary.json").read_text() == kept  # skipped, not redone
+    assert "resuming from" in result.stderr + result.stdout
+    resumed = json.loads((second / "summary.json").read_text())
+    assert resumed["status"] == "completed" and resumed["epochs"] == 1
+    # A completed job with another config in the same folder is refused, not overwritten.
+    other = run_cli(["-m", "model.depth=8", *args[2:], "seed=5"], cwd=tmp_path)
+    assert "another config" in other.stderr
+    assert (first / "summary.json").read_text() == kept
