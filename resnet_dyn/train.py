@@ -85,6 +85,14 @@ def build_loggers(cfg: DictConfig, job_dir: Path) -> list:
     return loggers
 
 
+def slurm_plugins() -> list:
+    """Under SLURM (e.g. a submitit job) Lightning's auto-requeue is off: submitit handles
+    SLURM's signals and resubmits the job itself."""
+    from lightning.pytorch.plugins.environments import SLURMEnvironment
+
+    return [SLURMEnvironment(auto_requeue=False)] if SLURMEnvironment.detect() else []
+
+
 def build_callbacks(cfg: DictConfig) -> list[L.Callback]:
     return [build(c) for c in cfg.callbacks.values() if c is not None]
 
@@ -111,7 +119,9 @@ def fit(cfg: DictConfig, job_dir: Path, ckpt_path: Path | None = None) -> dict[s
         architecture=architecture,
     )
     loggers = build_loggers(cfg, job_dir)
-    trainer: L.Trainer = build(cfg.trainer, logger=loggers, callbacks=build_callbacks(cfg))
+    trainer: L.Trainer = build(
+        cfg.trainer, logger=loggers, callbacks=build_callbacks(cfg), plugins=slurm_plugins()
+    )
     if ckpt_path is not None:
         log.info("resuming from %s", ckpt_path)
     trainer.fit(module, datamodule=datamodule, ckpt_path=ckpt_path)
