@@ -61,10 +61,22 @@ def test_lr_scaling_and_schedule():
     assert lr_factor(0, 100, cosine) == 1.0 and lr_factor(100, 100, cosine) == pytest.approx(0.0)
 
 
+# Experiments on CIFAR-10 or MNIST run here on digits, since those cannot be downloaded offline.
+OFFLINE_DATA = {
+    "rothauge": "digits",
+    "hauser": "digits",
+    "lagzi_mnist": "digits",
+    "golmant": "digits",
+}
+
+
 @pytest.mark.parametrize("experiment", GROUP_OPTIONS["experiment"])
 def test_every_experiment_runs_fast_dev_run(experiment, tmp_path):
+    data = [f"data={OFFLINE_DATA[experiment]}"] if experiment in OFFLINE_DATA else []
     cfg = compose_config(
-        "train", [f"experiment={experiment}", "debug=fast_dev_run", "logger=none"], tmp_path
+        "train",
+        [f"experiment={experiment}", "debug=fast_dev_run", "logger=none", *data],
+        tmp_path,
     )
     summary = run_job(cfg)
     assert summary["status"] == "completed"
