@@ -1,0 +1,276 @@
+"""``resnet-dyn-report``: one page for a whole sweep, with its table and figures.
+
+    resnet-dyn -m model.depth=8,14 model.skip_scale=0.5,1.0 hydra.sweep.dir=multirun/demo
+    resnet-dyn-report multirun/demo              # or: python -m resnet_dyn.report multirun/demo
+
+Reads every job folder of the sweep (``summary.json``, ``.hydra/overrides.yaml``, the analysis
+arrays and ``csv/metrics.csv``) and writes into the sweep folder: ``summary.csv`` (one row per
+job, failed and unfinished ones included), ``report_*.png`` figures and ``report.html``, a
+self-contained page that shows them. Only figures for which the sweep has data are drawn.
+
+summary.csv columns: ``job`` (folder name), one column per swept override key (its value as
+given on the command line), ``status`` (completed, failed, diverged, ...; ``missing`` without a
+summary.json, ``unreadable`` for a broken one), the final metrics ``test/acc`` ... ``train/loss``,
+``epochs``, ``wall_s``, means over the analysed units of ``spectrum/<map>/<stat>``,
+``identity/scaled_mean`` and ``abs_mean``, ``perturbation/final_ratio`` (adversarial over
+random at the output) and ``attacked_accuracy``, ``final_depth`` (after Lagzi's pruning),
+``batch/k`` and ``batch/speedup`` (batch-size sweeps), and ``error``. Empty: no such value.
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import io
+import json
+import math
+import sys
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import yaml
+
+from resnet_dyn.errors import UserError
+from resnet_dyn.io import write_bytes_atomic
+
+MISSING = "missing"  # a job folder without summary.json: still running, or killed
+UNREADABLE = "unreadable"  # a summary.json that is not valid JSON
+
+METRICS = ("test/acc", "val/acc", "train/acc", "test/loss", "val/loss", "train/loss")
+SPECTRUM_STATS = (
+    ("sum", "frac_one"),
+    ("unit", "frac_one"),
+    ("sum", "frac_gt_one"),
+    ("unit", "frac_zero"),
+    ("sum", "sigma_max"),
+)
+ANALYSIS = (
+    *(f"spectrum/{m}/{s}" for m, s in SPECTRUM_STATS),
+    "identity/scaled_mean",
+    "identity/abs_mean",
+    "perturbation/final_ratio",
+    "perturbation/attacked_accuracy",
+    "final_depth",
+)
+BATCH = ("batch/k", "batch/speedup")
+
+
+@dataclass
+class Job:
+    """One job folder: its overrides, status, summary.json and resolved config."""
+
+    name: str
+    path: Path
+    overrides: dict[str, str]
+    status: str
+    summary: dict[str, Any] = field(default_factory=dict)
+    config: dict[str, Any] = field(default_factory=dict)
+    error: str = ""
+
+    def cfg(self, dotted: str, default: Any = None) -> Any:
+        """A value of the job's config by its dotted key, e.g. ``job.cfg("model.depth")``."""
+        node: Any = self.config
+        for part in dotted.split("."):
+            if not isinstance(node, dict) or part not in node:
+                return default
+            node = node[part]
+        return node
+
+    @property
+    def analysis(self) -> dict[str, Any]:
+        return self.summary.get("analysis") or {}
+
+
+@dataclass
+class Sweep:
+    """The jobs of a sweep folder and the override keys that vary between them."""
+
+    root: Path
+    jobs: list[Job]
+    swept: list[str]  # override keys whose value differs between jobs, in first-seen order
+    common: dict[str, str]  # overrides every job shares
+    command: str  # the sweep's overrides from multirun.yaml ("" when there is none)
+
+    def label(self, job: Job) -> str:
+        """``#3 model.depth=14, model.skip_scale=0.5``: the job and its swept values."""
+        values = ", ".join(f"{k}={job.overrides.get(k, '-')}" for k in self.swept)
+        return f"#{job.name} {values}".strip()
+
+    def completed(self) -> list[Job]:
+        return [j for j in self.jobs if j.status == "completed"]
+
+    def groups(self, jobs: Sequence[Job], exclude: Sequence[str]) -> dict[str, list[Job]]:
+        """``jobs`` grouped by their values of the swept keys not in ``exclude``, labelled
+        ``"k=v, k=v"`` (``"all jobs"`` when no other key is swept)."""
+        keys = [k for k in self.swept if k not in exclude]
+        out: dict[str, list[Job]] = {}
+        for job in jobs:
+            label = ", ".join(f"{k}={job.overrides.get(k, '-')}" for k in keys) or "all jobs"
+            out.setdefault(label, []).append(job)
+        return out
+
+
+def _read_yaml(path: Path) -> Any:
+    try:
+        return yaml.safe_load(path.read_text())
+    except (OSError, yaml.YAMLError):
+        return None
+
+
+def parse_overrides(items: Iterable[str]) -> dict[str, str]:
+    """``["model.depth=8", "+tags=[a]"]`` -> ``{"model.depth": "8", "tags": "[a]"}``."""
+    out = {}
+    for item in items:
+        key, sep, value = str(item).partition("=")
+        if sep:  # "~key" deletions have no value and no column
+            out[key.lstrip("+")] = value
+    return out
+
+
+def _job_sort_key(path: Path) -> tuple[int, int, str]:
+    return (0, int(path.name), "") if path.name.isdigit() else (1, 0, path.name)
+
+
+def load_job(path: Path) -> Job:
+    """Read one job folder; a job without summary.json has status ``missing``."""
+    overrides = parse_overrides(_read_yaml(path / ".hydra" / "overrides.yaml") or [])
+    job = Job(path.name, path, overrides, MISSING)
+    summary_path = path / "summary.json"
+    if summary_path.is_file():
+        try:
+            summary = json.loads(summary_path.read_text())
+            if not isinstance(summary, dict):
+                raise ValueError(f"expected a JSON object, got {type(summary).__name__}")
+        except (OSError, ValueError) as exc:
+            job.status, job.error = UNREADABLE, f"summary.json: {exc}"
+        else:
+            job.summary, job.status = summary, str(summary.get("status", UNREADABLE))
+            job.error = str(summary.get("error", ""))
+    config = job.summary.get("config")
+    if not isinstance(config, dict):  # unfinished jobs: the composed, unresolved config
+        config = _read_yaml(path / ".hydra" / "config.yaml")
+    job.config = config if isinstance(config, dict) else {}
+    return job
+
+
+def load_sweep(root: Path) -> Sweep:
+    """All job folders of ``root`` (folders with summary.json or .hydra/), numbered ones first.
+
+    Raises :class:`UserError` when ``root`` is not a folder or holds no job folder.
+    """
+    if not root.is_dir():
+        raise UserError(f"{root}: no such folder")
+    paths = [
+        p
+        for p in root.iterdir()
+        if p.is_dir()
+        and not p.name.startswith(".")
+        and ((p / "summary.json").is_file() or (p / ".hydra").is_dir())
+    ]
+    if not paths:
+        raise UserError(f"{root}: no job folders (with summary.json or .hydra/) in this folder")
+    jobs = [load_job(p) for p in sorted(paths, key=_job_sort_key)]
+    keys = list(dict.fromkeys(k for j in jobs for k in j.overrides))
+    swept = [k for k in keys if len({j.overrides.get(k) for j in jobs}) > 1]
+    common = {k: jobs[0].overrides[k] for k in keys if k not in swept}
+    multirun = _read_yaml(root / "multirun.yaml")
+    task = (((multirun or {}).get("hydra") or {}).get("overrides") or {}).get("task") or []
+    return Sweep(root, jobs, swept, common, " ".join(str(t) for t in task))
+
+
+def finite(value: Any) -> float | None:
+    """``value`` as a float if it is a finite number, else None (NaN, inf, strings, bools)."""
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        return None
+    return float(value) if math.isfinite(value) else None
+
+
+def _spectrum_mean(job: Job, map_name: str, stat: str) -> float | None:
+    """The mean over the analysed units of one statistic of one map."""
+    values = [finite((u.get(map_name) or {}).get(stat)) for u in job.analysis.get("units") or []]
+    values = [v for v in values if v is not None]
+    return float(np.mean(values)) if values else None
+
+
+def job_scalars(job: Job) -> dict[str, float | None]:
+    """The analysis scalars of :data:`ANALYSIS` for one job (None where it has none)."""
+    a = job.analysis
+    identity, perturbation = a.get("identity") or {}, a.get("perturbation") or {}
+    out = {f"spectrum/{m}/{s}": _spectrum_mean(job, m, s) for m, s in SPECTRUM_STATS}
+    out["identity/scaled_mean"] = finite(identity.get("scaled_mean"))
+    out["identity/abs_mean"] = finite(identity.get("abs_mean"))
+    out["perturbation/final_ratio"] = finite(perturbation.get("final_ratio"))
+    out["perturbation/attacked_accuracy"] = finite(perturbation.get("attacked_accuracy"))
+    out["final_depth"] = finite(job.summary.get("final_depth"))
+    return out
+
+
+def table(sweep: Sweep, batch: dict[str, dict[str, float | None]]) -> tuple[list[str], list[dict]]:
+    """Columns and one row per job for summary.csv; ``batch``: job name -> k and speedup."""
+    columns = ["job", *sweep.swept, "status", *METRICS, "epochs", "wall_s", *ANALYSIS, *BATCH]
+    columns.append("error")
+    rows = []
+    for job in sweep.jobs:
+        metrics = job.summary.get("metrics") or {}
+        row: dict[str, Any] = {"job": job.name, **{k: job.overrides.get(k) for k in sweep.swept}}
+        row.update(status=job.status, error=job.error)
+        row.update({k: finite(metrics.get(k)) for k in METRICS})
+        row.update(epochs=job.summary.get("epochs"), wall_s=finite(job.summary.get("wall_s")))
+        row.update(job_scalars(job))
+        row.update(batch.get(job.name, {}))
+        rows.append(row)
+    return columns, rows
+
+
+def write_csv(path: Path, columns: list[str], rows: list[dict]) -> Path:
+    buf = io.StringIO()
+    writer = csv.DictWriter(buf, fieldnames=columns, extrasaction="ignore", lineterminator="\n")
+    writer.writeheader()
+    for row in rows:
+        writer.writerow({k: "" if row.get(k) is None else row[k] for k in columns})
+    return write_bytes_atomic(path, buf.getvalue().encode())
+
+
+def build_report(root: Path) -> tuple[Sweep, Path]:
+    """Write summary.csv, the figures and report.html into ``root``; return the page's path."""
+    # Imported here: matplotlib and torch load only once the folder holds jobs, so bad input
+    # fails at once, and `python -m resnet_dyn.report` does not import this module twice early.
+    from resnet_dyn.report_figures import draw_all
+    from resnet_dyn.report_html import render
+
+    sweep = load_sweep(root)
+    sections, batch = draw_all(sweep)
+    columns, rows = table(sweep, batch)
+    write_csv(root / "summary.csv", columns, rows)
+    page = render(sweep, columns, rows, sections)
+    return sweep, write_bytes_atomic(root / "report.html", page.encode())
+
+
+def main(argv: Sequence[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(
+        prog="resnet-dyn-report",
+        description="Summarise a resnet-dyn sweep folder: summary.csv, figures, report.html.",
+    )
+    parser.add_argument("sweep_dir", type=Path, help="a sweep folder, e.g. multirun/<date>/<time>")
+    args = parser.parse_args(argv)
+    try:
+        sweep, page = build_report(args.sweep_dir)
+    except UserError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        sys.exit(2)
+    except PermissionError as exc:  # e.g. a sweep folder on a read-only share
+        print(f"error: {args.sweep_dir}: cannot write {exc.filename}", file=sys.stderr)
+        sys.exit(2)
+    statuses = [j.status for j in sweep.jobs]
+    done, missing = statuses.count("completed"), statuses.count(MISSING)
+    failed = len(statuses) - done - missing
+    extra = f", {missing} missing" if missing else ""
+    jobs = f"{len(statuses)} job{'s' * (len(statuses) != 1)}"
+    print(f"report: {jobs} ({done} completed, {failed} failed{extra}) -> {page}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,371 @@
+"""resnet-dyn-report on a real sweep made with the CLI, on synthetic job folders written in the
+documented summary.json format, its pure k(m)/s(m) and identity-scaling math, and the page as
+headless Chromium renders it."""
+
+from __future__ import annotations
+
+import csv
+import html
+import json
+import os
+import shutil
+import subprocess
+from pathlib import Path
+
+import numpy as np
+import pytest
+import yaml
+from conftest import run_cli
+from PIL import Image
+
+from resnet_dyn.report import build_report, load_sweep, main
+from resnet_dyn.report_batch import batch_results, batch_scaling, iterations_to_loss
+from resnet_dyn.report_figures import identity_scaling
+
+NASTY_TAG = "<script>alert(1)</script>"
+PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
+
+
+@pytest.fixture(scope="session")
+def sweep(tmp_path_factory) -> tuple[Path, subprocess.CompletedProcess]:
+    """2 x 2 jobs with every analysis of a CIFAR ResNet; model.depth=21 fails both of its jobs."""
+    root = tmp_path_factory.mktemp("report") / "sweep"
+    args = [
+        "-m",
+        "debug=tiny",
+        "logger=none",
+        "trainer.enable_progress_bar=false",
+        "model.depth=8,21",
+        "data.batch_size=16,32",
+        "callbacks=all_analyses",
+        "analysis.images=2",
+        "analysis.units=[0]",
+        "analysis.identity.images=8",
+        f'tags=["{NASTY_TAG}"]',
+        f"hydra.sweep.dir={root}",
+    ]
+    made = run_cli(args, cwd=root.parent)
+    assert made.returncode == 0, made.stderr[-2000:]
+    return root, run_cli([str(root)], cwd=root.parent, module="resnet_dyn.report")
+
+
+def read_csv(path: Path) -> list[dict[str, str]]:
+    with open(path, newline="") as f:
+        return list(csv.DictReader(f))
+
+
+def image_sources(page: str) -> list[str]:
+    return [part.split('"', 1)[0] for part in page.split('<img src="')[1:]]
+
+
+def nested(overrides: list[str]) -> dict:
+    """``["model.depth=8"]`` -> ``{"model": {"depth": 8}}``, the config a job would resolve."""
+    config: dict = {}
+    for item in overrides:
+        key, value = item.split("=", 1)
+        *parents, leaf = key.split(".")
+        node = config
+        for part in parents:
+            node = node.setdefault(part, {})
+        node[leaf] = yaml.safe_load(value)
+    return config
+
+
+def make_job(
+    root: Path,
+    name: str,
+    overrides: list[str],
+    summary: dict | None = None,
+    losses: list[float] | None = None,
+) -> Path:
+    """A job folder as the CLI leaves it; ``summary`` None: a job still running."""
+    job = root / name
+    (job / ".hydra").mkdir(parents=True)
+    (job / ".hydra" / "overrides.yaml").write_text(yaml.safe_dump(overrides))
+    if summary is not None:
+        full = {"status": "completed", "config": nested(overrides), "metrics": {}, **summary}
+        (job / "summary.json").write_text(json.dumps(full))
+    if losses is not None:
+        (job / "csv").mkdir()
+        lines = ["step,train/loss,val/acc"] + [f"{s},{v}," for s, v in enumerate(losses)]
+        (job / "csv" / "metrics.csv").write_text("\n".join([*lines, f"{len(losses)},,0.5"]))
+    return job
+
+
+def test_real_sweep_table_keeps_failed_jobs(sweep):
+    root, result = sweep
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.strip() == f"report: 4 jobs (2 completed, 2 failed) -> {root}/report.html"
+    rows = read_csv(root / "summary.csv")
+    assert [r["job"] for r in rows] == ["0", "1", "2", "3"]
+    assert [(r["model.depth"], r["data.batch_size"]) for r in rows] == [
+        ("8", "16"),
+        ("8", "32"),
+        ("21", "16"),
+        ("21", "32"),
+    ]
+    assert "tags" not in rows[0]  # the same in every job: not a swept column
+    for r in rows[:2]:
+        assert r["status"] == "completed" and r["error"] == ""
+        for column in (
+            "test/acc",
+            "spectrum/sum/frac_one",
+            "identity/scaled_mean",
+            "perturbation/final_ratio",
+            "batch/k",
+        ):
+            assert 0 <= float(r[column]) < 1e6, column
+    for r in rows[2:]:
+        assert r["status"] == "failed" and r["test/acc"] == ""
+        assert "model.depth: expected 6n+2" in r["error"]
+
+
+def test_real_sweep_figures_and_page(sweep):
+    root, _ = sweep
+    expected = {
+        "report_axis1.png",
+        "report_spectra0.png",
+        "report_spectra1.png",
+        "report_perturbation.png",
+        "report_identity.png",
+        "report_batch.png",
+    }
+    assert {p.name for p in root.glob("report_*.png")} == expected  # depth: one value completed
+    for name in expected:
+        with Image.open(root / name) as image:
+            image.verify()
+        assert (root / name).read_bytes().startswith(PNG_MAGIC)
+    page = (root / "report.html").read_text()
+    assert sorted(image_sources(page)) == sorted(expected)
+    assert NASTY_TAG not in page and html.escape(NASTY_TAG) in page
+    assert "No data in this sweep for: Residual transients and pruning (Lagzi)." in page
+    assert "Noise" not in page  # no noise data: that section is left out quietly
+    assert "http://" not in page and "https://" not in page  # self-contained
+    assert page.count('class="text st-failed">failed</td>') == 2
+
+
+def test_missing_folder_is_one_line_error(tmp_path):
+    missing = tmp_path / "no-such-sweep"
+    result = run_cli([str(missing)], cwd=tmp_path, module="resnet_dyn.report")
+    assert result.returncode == 2
+    assert result.stderr.strip() == f"error: {missing}: no such folder"
+    assert result.stdout == ""
+
+
+def test_folder_without_jobs_is_one_line_error(tmp_path, capsys):
+    (tmp_path / "notes").mkdir()  # a folder, but not a job folder
+    with pytest.raises(SystemExit) as stop:
+        main([str(tmp_path)])
+    assert stop.value.code == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and err.startswith(f"error: {tmp_path}: no job folders")
+    assert not (tmp_path / "report.html").exists()
+
+
+def test_read_only_sweep_is_one_line_error(tmp_path, capsys, monkeypatch):
+    def refuse(root: Path) -> None:
+        raise PermissionError(13, "Permission denied", str(root / "summary.csv"))
+
+    monkeypatch.setattr("resnet_dyn.report.build_report", refuse)
+    with pytest.raises(SystemExit) as stop:
+        main([str(tmp_path)])
+    assert stop.value.code == 2
+    assert capsys.readouterr().err == f"error: {tmp_path}: cannot write {tmp_path}/summary.csv\n"
+
+
+def test_unfinished_and_unreadable_jobs_and_escaped_names(tmp_path, capsys):
+    odd = '7"><img src=x onerror=alert(1)>'  # no slash: a valid folder name
+    make_job(tmp_path, "0", ["model.depth=8", "seed=0"], {"metrics": {"test/acc": 0.5}})
+    make_job(tmp_path, "1", ["model.depth=14", "seed=0"])  # running or killed
+    make_job(tmp_path, "2", ["model.depth=20", "seed=0"], {})
+    (tmp_path / "2" / "summary.json").write_text("{")  # e.g. a disk that filled up
+    make_job(
+        tmp_path,
+        odd,
+        [f"model.depth={NASTY_TAG}", "seed=0"],
+        {"status": "diverged", "error": "loss is <nan>"},
+    )
+    main([str(tmp_path)])
+    assert capsys.readouterr().out.startswith("report: 4 jobs (1 completed, 2 failed, 1 missing)")
+    rows = {r["job"]: r for r in read_csv(tmp_path / "summary.csv")}
+    assert [rows[j]["status"] for j in ("0", "1", "2", odd)] == [
+        "completed",
+        "missing",
+        "unreadable",
+        "diverged",
+    ]
+    assert rows["2"]["error"].startswith("summary.json: ") and rows[odd]["model.depth"] == NASTY_TAG
+    page = (tmp_path / "report.html").read_text()
+    for raw in (odd, NASTY_TAG, "<nan>"):
+        assert raw not in page and html.escape(raw) in page
+    assert 'class="text st-missing">missing</td>' in page
+
+
+def test_iterations_to_loss_counts_iterations_to_the_first_hit():
+    steps = np.array([0, 5, 10, 15])
+    assert iterations_to_loss(steps, np.array([0.9, 0.5, 0.1, 0.05]), 0.5) == 6
+    assert iterations_to_loss(steps, np.array([0.4, 0.5, 0.1, 0.05]), 0.5) == 1
+    assert iterations_to_loss(steps, np.array([0.9, np.nan, 0.8, 0.7]), 0.5) is None
+
+
+def step_curve(k: int, n: int) -> tuple[np.ndarray, np.ndarray]:
+    """A loss of 1 that drops to 0.1 at iteration k (logged step k - 1) and stays there."""
+    steps = np.arange(n)
+    return steps, np.where(steps < k - 1, 1.0, 0.1)
+
+
+def test_batch_scaling_known_answer():
+    curves = {
+        16: step_curve(80, 100),
+        32: step_curve(40, 60),
+        64: step_curve(30, 50),
+        128: step_curve(29, 40),  # 12 of 40 losses at 0.1: the lower quartile is 0.1
+        256: (np.arange(10), np.full(10, np.nan)),
+    }  # 256 diverged
+    r = batch_scaling(curves)
+    assert r["epsilon"] == pytest.approx(0.1)
+    assert r["m0"] == 16 and r["m"] == [16, 32, 64, 128, 256]
+    assert r["k"] == [80, 40, 30, 29, None]
+    assert r["speedup"] == pytest.approx([1.0, 2.0, 80 / 30, 80 / 29, None])
+    assert r["ideal"] == [1, 2, 4, 8, 16]
+    # local log-log slopes of s: 1, log2(4/3) = 0.42, log2(30/29) = 0.05; 256 never gets there
+    assert r["regime"] == ["linear", "linear", "diminishing returns", "stagnation", "stagnation"]
+
+
+def test_batch_sweep_one_curve_per_lr_scaling(tmp_path):
+    k = {"none": {16: 40, 32: 20, 64: 18}, "linear": {16: 40, 32: 21, 64: 11}}
+    for i, (scaling, m) in enumerate((s, m) for s in k for m in k[s]):
+        losses = step_curve(k[scaling][m], 60)[1].tolist()
+        overrides = [f"data.batch_size={m}", f"optim.lr_scaling={scaling}"]
+        make_job(tmp_path, str(i), overrides, {}, losses)
+    # Still running at m = 128: its loss has not reached epsilon yet, which is no verdict.
+    running = make_job(tmp_path, "6", ["data.batch_size=128", "optim.lr_scaling=none"], None, [1.0])
+    (running / ".hydra" / "config.yaml").write_text("data:\n  batch_size: 128\n")
+    results = {r["label"]: r for r in batch_results(load_sweep(tmp_path))}
+    assert set(results) == {"optim.lr_scaling=none", "optim.lr_scaling=linear"}
+    assert results["optim.lr_scaling=none"]["m"] == [16, 32, 64]
+    assert results["optim.lr_scaling=none"]["k"] == [40, 20, 18]
+    assert results["optim.lr_scaling=linear"]["regime"] == ["linear"] * 3
+    build_report(tmp_path)
+    rows = read_csv(tmp_path / "summary.csv")
+    assert [r["batch/k"] for r in rows] == ["40", "20", "18", "40", "21", "11", ""]
+    assert rows[6]["status"] == "missing"
+    assert float(rows[2]["batch/speedup"]) == pytest.approx(40 / 18)
+    assert (tmp_path / "report_batch.png").read_bytes().startswith(PNG_MAGIC)
+    assert "optim.lr_scaling=linear: eps=0.1, m=16 linear" in (tmp_path / "report.html").read_text()
+
+
+def identity_summary(blocks: int, scale: float) -> dict:
+    scaled, absolute = [scale / blocks] * blocks, [10 / blocks**0.5] * blocks
+    return {
+        "analysis": {
+            "identity": {
+                "scaled": scaled,
+                "abs": absolute,
+                "scaled_mean": scale / blocks,
+                "abs_mean": 10 / blocks**0.5,
+                "epsilon": 0.3,
+            }
+        }
+    }
+
+
+def test_identity_slope_and_stopping_rule_on_synthetic_summaries(tmp_path):
+    (tmp_path / "report_old.png").write_bytes(PNG_MAGIC)  # from an earlier report
+    for i, (alpha, blocks) in enumerate((a, b) for a in (1.0, 0.5) for b in (4, 8, 16, 32)):
+        overrides = [
+            "model._target_=DeepResNet",
+            f"model.depth={blocks}",
+            f"model.skip_scale={alpha}",
+        ]
+        make_job(tmp_path, str(i), overrides, identity_summary(blocks, 2 / alpha))
+    data = {g["label"]: g for g in identity_scaling(load_sweep(tmp_path))}
+    assert set(data) == {"model.skip_scale=1.0", "model.skip_scale=0.5"}
+    g = data["model.skip_scale=1.0"]
+    assert g["blocks"] == [4, 8, 16, 32] and g["scaled"] == pytest.approx(
+        [0.5, 0.25, 0.125, 1 / 16]
+    )
+    assert g["slope_scaled"] == pytest.approx(-1.0) and g["slope_abs"] == pytest.approx(-0.5)
+    assert g["stop"][0] is None and g["stop"][-1] == 4  # below and above every magnitude
+    for eps, depth in zip(g["epsilon"], g["stop"], strict=True):
+        assert depth == min((b for b in g["blocks"] if 2 / b < eps), default=None)
+    build_report(tmp_path)
+    assert not (tmp_path / "report_old.png").exists()
+    assert (tmp_path / "report_identity.png").read_bytes().startswith(PNG_MAGIC)
+    page = (tmp_path / "report.html").read_text()
+    assert "model.skip_scale=1.0: -1.00; model.skip_scale=0.5: -1.00" in page
+
+
+def test_transients_and_noise_on_synthetic_summaries(tmp_path):
+    rng = np.random.default_rng(0)
+    for i, (model, depth) in enumerate((("DenseResNet", 5), ("MLP", 5), ("DenseResNet", 10))):
+        transient = {
+            "initial_depth": depth,
+            "depth_per_epoch": [depth, depth - 1],
+            "final_depth": depth - 1,
+            "trajectory_file": "transient_trajectories.npz",
+        }
+        noise = {
+            "sigmas": [0.0, 0.5],
+            "relative": [[0.0] * depth, [0.1] * depth],
+            "distance": [[0.0] * depth, [0.2] * depth],
+            "accuracy": [1.0, 0.8],
+        }
+        overrides = [f"model._target_=resnet_dyn.models.{model}", f"model.depth={depth}"]
+        job = make_job(
+            tmp_path,
+            str(i),
+            overrides,
+            {"final_depth": depth - 1, "analysis": {"transient": transient, "noise": noise}},
+        )
+        (job / "analysis").mkdir()
+        np.savez(
+            job / "analysis" / "transient_trajectories.npz",
+            mean=rng.random((2, depth - 1, 3)),
+            classes=np.array([0, 1]),
+        )
+    build_report(tmp_path)
+    for name in ("transients", "depth", "noise"):
+        assert (tmp_path / f"report_{name}.png").read_bytes().startswith(PNG_MAGIC)
+    assert [r["final_depth"] for r in read_csv(tmp_path / "summary.csv")] == ["4.0", "4.0", "9.0"]
+    page = (tmp_path / "report.html").read_text()
+    assert "Noise: ResNet vs MLP" in page and "Batch size and iterations" in page  # no data
+
+
+@pytest.fixture(scope="session")
+def chromium() -> str:
+    """The browser; skips (before the sweep is built) where there is none, fails under CI."""
+    for name in ("chromium", "chromium-browser", "google-chrome"):
+        if shutil.which(name):
+            return shutil.which(name)
+    if os.environ.get("CI") == "true":
+        pytest.fail("chromium is not installed (Debian: apt-get install -y chromium)")
+    pytest.skip("chromium is not installed (Debian: apt-get install -y chromium); CI needs it")
+
+
+def test_page_renders_in_headless_chromium(chromium, sweep, tmp_path):
+    root, _ = sweep
+    url = (root / "report.html").as_uri()
+    base = [
+        chromium,
+        "--headless",
+        "--no-sandbox",
+        "--disable-gpu",
+        "--disable-quic",
+        "--no-first-run",
+        "--disable-background-networking",
+        "--disable-component-update",
+        "--disable-sync",
+        f"--user-data-dir={tmp_path / 'profile'}",
+        "--window-size=1200,2000",
+    ]
+    shot = tmp_path / "shot.png"
+    run = dict(capture_output=True, text=True, timeout=120)
+    dom = subprocess.run([*base, "--dump-dom", url], **run)
+    subprocess.run([*base, f"--screenshot={shot}", url], **run)
+    n = len(image_sources((root / "report.html").read_text()))
+    assert n == 6 and f'data-images-loaded="{n}/{n}"' in dom.stdout, dom.stderr[-2000:]
+    with Image.open(shot) as image:
+        grey = np.asarray(image.convert("L"), dtype=float)
+    assert grey.shape == (2000, 1200)
+    assert (grey < 200).mean() > 0.02 and grey.std() > 10  # text, table and figures, not blank
