@@ -40,6 +40,7 @@ from resnet_dyn.dynamics.spectrum import (
     dense_singular_values,
     extreme_singular_values,
     singular_value_quadrature,
+    to_singular,
 )
 from resnet_dyn.dynamics.stats import FRACTIONS, condition, quadrature_fractions, spectrum_stats
 from resnet_dyn.dynamics.stats import summarize as summarize_images
@@ -72,8 +73,8 @@ def map_spectrum(
     dense_max: int = 4096,
     probes: int = 16,
     steps: int = 80,
-    lanczos_tol: float | None = None,
-    max_matvecs: int = 1000,
+    lanczos_tol: float = 1e-6,
+    max_matvecs: int = 500,
     chunk_size: int | None = None,
     memory_mb: float = 256.0,
     seed: int = 0,
@@ -81,17 +82,17 @@ def map_spectrum(
     """Statistics of the singular values of J(f); see the module docstring for ``method``.
 
     ``top_k``: extremes kept per end. ``probes``/``steps``: SLQ probes and Lanczos steps.
-    ``lanczos_tol``/``max_matvecs``: residual tolerance and product budget of the block
-    Lanczos for sigma_max/sigma_min (sigma_min of a sum map converges slowly: its report
-    carries ``sigma_min_residual`` and ``converged``; unconverged, it is an upper bound).
-    ``chunk_size``/``memory_mb``: JVPs per batched pass for Jacobians.
+    sigma_max and sigma_min come from the SLQ runs when their Ritz residual is at most
+    ``lanczos_tol * sigma_max^2``, else from a block Lanczos started there, with a budget
+    of ``max_matvecs`` Gram products (sigma_min of a sum map converges slowly; the report
+    carries ``sigma_min_residual`` and ``converged``; unconverged, sigma_min is an upper
+    bound). ``chunk_size``/``memory_mb``: JVPs per batched pass for Jacobians.
     """
     if method not in METHODS:
         raise ConfigError("method", " | ".join(METHODS), method)
     if not isinstance(top_k, int) or top_k < 1:
         raise ConfigError("top_k", "a positive integer", top_k)
-    r = min(f.dim_in, f.dim_out)
-    if method == "auto" and not full_spectrum and r > dense_max:
+    if method == "auto" and not full_spectrum and min(f.dim_in, f.dim_out) > dense_max:
         method = "slq"
     if method in ("auto", "dense", "coloring"):
         jac = jacobian(f, method, chunk_size=chunk_size, memory_mb=memory_mb)
@@ -99,25 +100,37 @@ def map_spectrum(
         sigma = sigma.to(torch.float64)
         stats = spectrum_stats(sigma, tol) | {"method": f"{jac.method}+svd", "note": jac.note}
         return MapSpectrum(stats, sigma, sigma[:top_k], sigma.flip(0)[:top_k])
-    ext = extreme_singular_values(
-        f, top_k, "both", tol=lanczos_tol, max_matvecs=max_matvecs, seed=seed
-    )
-    big, small = ext["largest"], ext["smallest"]
+    ends, starts = {}, {}
+    if method == "slq":
+        quad = singular_value_quadrature(f, probes, steps, tol=lanczos_tol, seed=seed)
+        stats = quadrature_fractions(quad, tol) | {"method": "slq+lanczos"}
+        ends = {e: to_singular(f, p) for e, p in quad.extremes.items()}
+        starts = {e: p.vectors for e, p in quad.extremes.items()}
+    else:
+        stats = dict.fromkeys(FRACTIONS, math.nan) | {"method": "lanczos"}
+    for end in ("largest", "smallest"):
+        if end not in ends or top_k > 1 or not ends[end].converged:
+            ends[end] = extreme_singular_values(
+                f,
+                top_k,
+                end,
+                tol=lanczos_tol,
+                max_matvecs=max_matvecs,
+                start=starts.get(end),
+                seed=seed,
+            )[end]
+    big, small = ends["largest"], ends["smallest"]
     smax, smin = big.values[0].item(), small.values[0].item()
-    stats = {
+    stats |= {
         "sigma_max": smax,
         "sigma_min": smin,
         "cond": condition(smax, smin),
         "sigma_max_residual": big.residuals[0].item(),
         "sigma_min_residual": small.residuals[0].item(),
         "converged": big.converged and small.converged,
+        "note": "",
     }
-    if method == "slq":
-        quad = singular_value_quadrature(f, probes, steps, seed=seed)
-        stats = quadrature_fractions(quad, tol) | stats | {"method": "slq+lanczos"}
-    else:
-        stats = dict.fromkeys(FRACTIONS, math.nan) | stats | {"method": "lanczos"}
-    return MapSpectrum(stats | {"note": ""}, None, big.values, small.values)
+    return MapSpectrum(stats, None, big.values, small.values)
 
 
 def _select(which: str | int | Iterable[int], n: int, key: str) -> list[int]:

@@ -27,6 +27,9 @@ MatVec = Callable[[torch.Tensor], torch.Tensor]
 
 # Relative size below which a new Krylov direction counts as already in the space.
 _BREAKDOWN = 1e-10
+# The same for block directions found through a Gram matrix, which squares sizes: below
+# ~sqrt(machine epsilon) they are rounding noise.
+_BLOCK_BREAKDOWN = 1e-7
 
 
 def _project_out(w: torch.Tensor, basis: torch.Tensor) -> torch.Tensor:
@@ -64,13 +67,13 @@ def _new_directions(
     n = w.shape[1]
     b = min(b, n - basis.shape[0])
     scale = w.norm(dim=1).max().item()
-    out = _orthonormal_span(_project_out(w, basis), _BREAKDOWN * scale)[:b]
+    out = _orthonormal_span(_project_out(w, basis), _BLOCK_BREAKDOWN * scale)[:b]
     for _ in range(3):
         if out.shape[0] >= b:
             break
         r = torch.randn(b - out.shape[0], n, generator=gen, dtype=w.dtype)
         r = _project_out(_project_out(r, basis), out)
-        out = torch.cat([out, _orthonormal_span(r, _BREAKDOWN * n**0.5)])
+        out = torch.cat([out, _orthonormal_span(r, _BLOCK_BREAKDOWN * n**0.5)])
     return out
 
 
@@ -98,6 +101,7 @@ def block_lanczos(
     tol: float = 1e-6,
     max_matvecs: int = 4000,
     max_basis: int | None = None,
+    start: torch.Tensor | None = None,
     seed: int = 0,
 ) -> dict[str, EigenPairs]:
     """The ``k`` largest and/or smallest eigenpairs of a symmetric PSD operator on R^n.
@@ -109,7 +113,8 @@ def block_lanczos(
     reach a higher polynomial degree per product. When the basis would exceed
     ``max_basis`` rows (default 600, more if k needs it) it restarts from the Ritz
     vectors of the wanted end(s), a quarter of the basis each (thick restart),
-    continued along their residuals.
+    continued along their residuals. ``start``: rows to begin with (e.g. approximate
+    eigenvectors from :func:`lanczos_quadrature`), completed by random ones to a block.
     """
     if which not in _ENDS:
         raise ConfigError("which", "largest, smallest or both", which)
@@ -132,7 +137,10 @@ def block_lanczos(
     AQbuf = torch.zeros_like(Qbuf)
     Hbuf = torch.zeros(max_basis + b, max_basis + b, dtype=torch.float64)
     m = matvecs = 0
-    V = _new_directions(torch.randn(b, n, generator=gen, dtype=torch.float64), Qbuf[:0], b, gen)
+    V = torch.randn(b, n, generator=gen, dtype=torch.float64)
+    if start is not None:
+        V = torch.cat([start.reshape(-1, n).to(torch.float64), V])[:b]
+    V = _new_directions(V, Qbuf[:0], b, gen)
     while True:
         W = matvec(V)
         r = V.shape[0]
@@ -206,11 +214,14 @@ def _restart_set(m: int, keep: int, ends: tuple[str, ...]) -> torch.Tensor:
 @dataclass
 class Quadrature:
     """Per probe p: Gauss nodes ``nodes[p]`` (Ritz values of A) with ``weights[p]`` summing
-    to 1, and ``residuals[p]``, ``||A y - theta y||`` of each node's Ritz vector y."""
+    to 1, and ``residuals[p]``, ``||A y - theta y||`` of each node's Ritz vector y.
+    ``extremes``: the largest and the smallest Ritz pair over all probes, which are
+    often converged eigenpairs already (see :func:`lanczos_quadrature`)."""
 
     nodes: torch.Tensor
     weights: torch.Tensor
     residuals: torch.Tensor
+    extremes: dict[str, EigenPairs]
 
     def mass(self, lo: float, hi: float) -> torch.Tensor:
         """Per probe: the quadrature's estimate of the fraction of eigenvalues in (lo, hi)."""
@@ -231,7 +242,13 @@ class Quadrature:
 
 
 def lanczos_quadrature(
-    matvec: MatVec, n: int, probes: int = 16, steps: int = 80, *, seed: int = 0
+    matvec: MatVec,
+    n: int,
+    probes: int = 16,
+    steps: int = 80,
+    *,
+    tol: float = 1e-6,
+    seed: int = 0,
 ) -> Quadrature:
     """SLQ: ``steps`` Lanczos steps from each of ``probes`` Rademacher vectors, batched.
 
@@ -240,6 +257,8 @@ def lanczos_quadrature(
     ``tr f(A) / n``. A run is exact once ``steps`` reaches the number of distinct
     eigenvalues; a breakdown (invariant subspace) is continued with a random
     direction, whose nodes get weight zero because T splits into blocks there.
+    The extreme Ritz pairs count as converged when their residual is at most
+    ``tol * theta_max``.
     """
     if not isinstance(probes, int) or probes < 2:
         raise ConfigError("probes", "an integer >= 2 (error bars need two)", probes)
@@ -270,4 +289,14 @@ def lanczos_quadrature(
     off = beta[:, :-1]
     T = torch.diag_embed(alpha) + torch.diag_embed(off, 1) + torch.diag_embed(off, -1)
     nodes, vecs = torch.linalg.eigh(T)
-    return Quadrature(nodes, vecs[:, 0, :] ** 2, beta[:, -1:] * vecs[:, -1, :].abs())
+    # Ritz residual of node j: beta_m |s_mj| (Lanczos relation A Q = Q T + beta_m q e_m^T).
+    residuals = beta[:, -1:] * vecs[:, -1, :].abs()
+    limit = tol * nodes.abs().max().item()
+    extremes = {}
+    for end, col in (("largest", steps - 1), ("smallest", 0)):
+        p = int(nodes[:, col].argmax() if end == "largest" else nodes[:, col].argmin())
+        res = residuals[p, col : col + 1]
+        ritz = vecs[p, :, col] @ basis[p]
+        ok = bool(res.item() <= limit)
+        extremes[end] = EigenPairs(nodes[p, col : col + 1], ritz[None], res, ok, probes * steps)
+    return Quadrature(nodes, vecs[:, 0, :] ** 2, residuals, extremes)

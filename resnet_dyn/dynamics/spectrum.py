@@ -24,7 +24,13 @@ from dataclasses import dataclass
 import torch
 
 from resnet_dyn.dynamics.jacobian import jvp_op, vjp_op
-from resnet_dyn.dynamics.krylov import MatVec, Quadrature, block_lanczos, lanczos_quadrature
+from resnet_dyn.dynamics.krylov import (
+    EigenPairs,
+    MatVec,
+    Quadrature,
+    block_lanczos,
+    lanczos_quadrature,
+)
 from resnet_dyn.dynamics.maps import UnitMap
 
 
@@ -104,6 +110,7 @@ def extreme_singular_values(
     block_size: int | None = None,
     max_matvecs: int = 4000,
     dtype: torch.dtype = torch.float64,
+    start: torch.Tensor | None = None,
     seed: int = 0,
 ) -> dict[str, SingularTriplets]:
     """The ``k`` largest and/or smallest singular values of J(f), by block Lanczos on its Gram.
@@ -111,7 +118,8 @@ def extreme_singular_values(
     ``which``: "largest", "smallest" or "both"; the result maps each asked end to its
     :class:`SingularTriplets`. ``tol`` bounds the Gram residual relative to sigma_max^2;
     by default 1e-9 in float64 and 1e-5 in float32 (whose products carry ~1e-7 relative
-    noise). Right singular vectors of a "left" Gram operator are ``J^T u / sigma`` (zero
+    noise). ``start``: vectors of the Gram operator's space to begin the Krylov space
+    with. Right singular vectors of a "left" Gram operator are ``J^T u / sigma`` (zero
     where sigma is 0).
     """
     f = f.to(dtype)
@@ -119,21 +127,31 @@ def extreme_singular_values(
         tol = 1e-9 if f.dtype == torch.float64 else 1e-5
     matvec, n = gram_operator(f)
     pairs = block_lanczos(
-        matvec, n, k, which, block_size=block_size, tol=tol, max_matvecs=max_matvecs, seed=seed
+        matvec,
+        n,
+        k,
+        which,
+        block_size=block_size,
+        tol=tol,
+        max_matvecs=max_matvecs,
+        start=start,
+        seed=seed,
     )
-    out = {}
-    for end, p in pairs.items():
-        sigma = p.values.clamp_min(0).sqrt()
-        vecs = None
-        if vectors and gram_side(f) == "right":
-            vecs = p.vectors.view(-1, *f.in_shape)
-        elif vectors:
-            with torch.no_grad():
-                u = p.vectors.to(f.dtype).view(-1, *f.out_shape)
-                v = vjp_op(f)(u).reshape(u.shape[0], -1).to(torch.float64)
-            vecs = _right_vectors(v.T, sigma).view(-1, *f.in_shape)
-        out[end] = SingularTriplets(sigma, p.residuals, vecs, p.converged, p.matvecs)
-    return out
+    return {end: to_singular(f, p, vectors) for end, p in pairs.items()}
+
+
+def to_singular(f: UnitMap, pairs: EigenPairs, vectors: bool = False) -> SingularTriplets:
+    """Eigenpairs of the Gram operator of J(f) as singular values (and right vectors)."""
+    sigma = pairs.values.clamp_min(0).sqrt()
+    vecs = None
+    if vectors and gram_side(f) == "right":
+        vecs = pairs.vectors.view(-1, *f.in_shape)
+    elif vectors:
+        with torch.no_grad():
+            u = pairs.vectors.to(f.dtype).view(-1, *f.out_shape)
+            v = vjp_op(f)(u).reshape(u.shape[0], -1).to(torch.float64)
+        vecs = _right_vectors(v.T, sigma).view(-1, *f.in_shape)
+    return SingularTriplets(sigma, pairs.residuals, vecs, pairs.converged, pairs.matvecs)
 
 
 def singular_value_quadrature(
@@ -142,6 +160,7 @@ def singular_value_quadrature(
     steps: int = 80,
     *,
     dtype: torch.dtype = torch.float64,
+    tol: float = 1e-6,
     seed: int = 0,
 ) -> Quadrature:
     """SLQ of the Gram operator of J(f): nodes are sigma^2, see :class:`Quadrature`.
@@ -155,7 +174,9 @@ def singular_value_quadrature(
     ``|sigma - 1| < 1e-3``, or the threshold ``1 + tol`` of ``frac_gt_one`` inside
     such a peak) moves to one side by whole nodes: a bias of several percent at
     m = 80, not in the error bars; :meth:`Quadrature.unresolved` gives the weight of
-    such nodes. ``dtype``: see the module docstring.
+    such nodes. ``quad.extremes`` holds the extreme Ritz pairs (sigma^2) over all probes,
+    converged when their residual is at most ``tol * sigma_max^2``; pass them through
+    :func:`to_singular`. ``dtype``: see the module docstring.
     """
     matvec, n = gram_operator(f.to(dtype))
-    return lanczos_quadrature(matvec, n, probes, steps, seed=seed)
+    return lanczos_quadrature(matvec, n, probes, steps, tol=tol, seed=seed)
