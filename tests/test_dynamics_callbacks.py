@@ -146,3 +146,27 @@ def test_unsuitable_models_and_settings_fail_before_training(tmp_path, overrides
     assert err.value.key == key
     summary = json.loads((tmp_path / "summary.json").read_text())
     assert summary["status"] == "failed" and "epochs" not in summary
+
+
+def test_noise_callback_measures_growth_per_layer(tmp_path):
+    cfg = compose_config(
+        "train",
+        [
+            "model=mlp",
+            "data=circles",
+            "callbacks=noise",
+            "model.depth=4",
+            "debug=tiny",
+            "logger=none",
+            "trainer.enable_progress_bar=false",
+            "analysis.noise.sigmas=[0.0,0.5]",
+            "analysis.noise.images=64",
+        ],  # fmt: skip
+        tmp_path,
+    )
+    noise = run_job(cfg)["analysis"]["noise"]
+    assert noise["sigmas"] == [0.0, 0.5]
+    assert [len(d) for d in noise["distance"]] == [5, 5]  # the input of 4 layers and the output
+    assert noise["distance"][0] == [0.0] * 5 and noise["distance"][1][0] > 0
+    assert all(0.0 <= a <= 1.0 for a in noise["accuracy"])
+    assert (tmp_path / "analysis" / noise["figure"]).is_file()

@@ -66,6 +66,7 @@ OFFLINE_DATA = {
     "rothauge": "digits",
     "hauser": "digits",
     "lagzi_mnist": "digits",
+    "lagzi_noise": "digits",
     "golmant": "digits",
 }
 

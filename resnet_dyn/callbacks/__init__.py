@@ -1,8 +1,15 @@
 """Thin Lightning wrappers that run the analyses of ``resnet_dyn.dynamics`` and log them."""
 
 from resnet_dyn.callbacks.identity import IdentityCallback
+from resnet_dyn.callbacks.noise import NoiseCallback
 from resnet_dyn.callbacks.perturbation import PerturbationCallback
 from resnet_dyn.callbacks.spectrum import SpectrumCallback
 from resnet_dyn.callbacks.transient import LagziCallback
 
-__all__ = ["IdentityCallback", "LagziCallback", "PerturbationCallback", "SpectrumCallback"]
+__all__ = [
+    "IdentityCallback",
+    "LagziCallback",
+    "NoiseCallback",
+    "PerturbationCallback",
+    "SpectrumCallback",
+]
