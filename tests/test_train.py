@@ -3,6 +3,11 @@
 from __future__ import annotations
 
 import json
+import os
+import signal
+import subprocess
+import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -206,23 +211,35 @@ def test_joblib_launcher_runs_jobs_in_parallel_processes(tmp_path):
     assert sorted(s["config"]["model"]["depth"] for s in summaries) == [8, 14]
 
 
-def test_rerunning_a_sweep_skips_completed_jobs_and_resumes_interrupted_ones(tmp_path):
+def test_a_killed_sweep_rerun_finishes_only_the_unfinished_jobs(tmp_path):
     sweep = tmp_path / "sweep"
-    args = ["-m", "model.depth=8,14", "debug=tiny", "trainer.max_epochs=1", "logger=none",
+    args = ["-m", "model.depth=8,14,20", "debug=tiny", "trainer.max_epochs=3", "logger=none",
             "trainer.enable_progress_bar=false", f"hydra.sweep.dir={sweep}"]  # fmt: skip
-    assert run_cli(args, cwd=tmp_path).returncode == 0
-    first, second = _job_dirs(sweep)
-    kept = (first / "summary.json").read_text()
-    # Job 1 "was killed" after its checkpoint was written and before its summary.
-    (second / "summary.json").unlink()
-    assert (second / "checkpoints" / "last.ckpt").is_file()
+    env = {k: v for k, v in os.environ.items() if not k.startswith("WANDB_")}
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "resnet_dyn", *args], cwd=tmp_path, env=env,
+        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True,
+    )  # fmt: skip
+    try:
+        # Kill the whole sweep as soon as job 1 has its first checkpoint, mid-training.
+        deadline = time.time() + 240
+        while not (sweep / "1" / "checkpoints" / "last.ckpt").is_file():
+            assert proc.poll() is None and time.time() < deadline, "job 1 never checkpointed"
+            time.sleep(0.05)
+    finally:
+        os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait()
+    assert json.loads((sweep / "0" / "summary.json").read_text())["status"] == "completed"
+    assert not (sweep / "1" / "summary.json").exists()
+    kept = (sweep / "0" / "summary.json").read_text()
     result = run_cli(args, cwd=tmp_path)
     assert result.returncode == 0, result.stderr[-2000:]
-    assert (first / "summary.json").read_text() == kept  # skipped, not redone
+    assert (sweep / "0" / "summary.json").read_text() == kept  # skipped, not redone
     assert "resuming from" in result.stderr + result.stdout
-    resumed = json.loads((second / "summary.json").read_text())
-    assert resumed["status"] == "completed" and resumed["epochs"] == 1
+    summaries = [json.loads((job / "summary.json").read_text()) for job in _job_dirs(sweep)]
+    assert [s["status"] for s in summaries] == ["completed"] * 3
+    assert all(s["epochs"] == 3 for s in summaries)
     # A completed job with another config in the same folder is refused, not overwritten.
     other = run_cli(["-m", "model.depth=8", *args[2:], "seed=5"], cwd=tmp_path)
     assert "another config" in other.stderr
-    assert (first / "summary.json").read_text() == kept
+    assert (sweep / "0" / "summary.json").read_text() == kept
