@@ -14,7 +14,10 @@ per-image spectra are under ``r["raw"][map]``. Methods (``method=``):
 * ``coloring``: J from colored probes (conv maps; others fall back to dense, see
   ``note``), all singular values.
 * ``slq``: no J. Fractions by stochastic Lanczos quadrature with error bars
-  (``<frac>_err``), sigma_max and sigma_min by block Lanczos with their residuals.
+  (``<frac>_err``, and ``<frac>_unresolved`` for the quadrature's own bias, see
+  :func:`~resnet_dyn.dynamics.spectrum.singular_value_quadrature`); sigma_max and
+  sigma_min from the same Lanczos runs, refined by block Lanczos where not converged,
+  with their residuals.
 * ``lanczos``: no J. Only the ``top_k`` largest and smallest singular values;
   fractions are NaN.
 * ``auto`` (default): with ``r = min(dim_in, dim_out)``, all singular values (by
@@ -82,11 +85,13 @@ def map_spectrum(
     """Statistics of the singular values of J(f); see the module docstring for ``method``.
 
     ``top_k``: extremes kept per end. ``probes``/``steps``: SLQ probes and Lanczos steps.
-    sigma_max and sigma_min come from the SLQ runs when their Ritz residual is at most
+    sigma_max and sigma_min come from the SLQ runs when their Ritz residual r is at most
     ``lanczos_tol * sigma_max^2``, else from a block Lanczos started there, with a budget
-    of ``max_matvecs`` Gram products (sigma_min of a sum map converges slowly; the report
-    carries ``sigma_min_residual`` and ``converged``; unconverged, sigma_min is an upper
-    bound). ``chunk_size``/``memory_mb``: JVPs per batched pass for Jacobians.
+    of ``max_matvecs`` Gram products. sigma_min of a sum map converges slowly; the report
+    carries ``sigma_min_residual`` (r) and ``converged``. A Ritz value is never below the
+    smallest eigenvalue, so sigma_min is an upper bound, and some eigenvalue lies within
+    r of sigma_min^2: a tiny sigma_min is only known to about sqrt(r).
+    ``chunk_size``/``memory_mb``: JVPs per batched pass for Jacobians.
     """
     if method not in METHODS:
         raise ConfigError("method", " | ".join(METHODS), method)

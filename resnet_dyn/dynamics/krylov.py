@@ -238,7 +238,8 @@ class Quadrature:
         stretch of continuous spectrum across an end contributes its weight.
         """
         dist = torch.minimum((self.nodes - lo).abs(), (self.nodes - hi).abs())
-        return (self.weights * (self.residuals / dist).square().clamp(max=1.0)).sum(1)
+        ratio = self.residuals / dist.clamp_min(1e-300)
+        return (self.weights * ratio.square().clamp(max=1.0)).sum(1)
 
 
 def lanczos_quadrature(

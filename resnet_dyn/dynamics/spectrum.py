@@ -68,7 +68,7 @@ def _right_vectors(jt_u: torch.Tensor, sigma: torch.Tensor) -> torch.Tensor:
 
 
 def gram_side(f: UnitMap) -> str:
-    """ "right" (J^T J on R^dim_in) when dim_in <= dim_out, else "left" (J J^T on R^dim_out)."""
+    """Which Gram operator: "right" (J^T J) when dim_in <= dim_out, else "left" (J J^T)."""
     return "right" if f.dim_in <= f.dim_out else "left"
 
 
