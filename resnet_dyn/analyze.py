@@ -145,7 +145,7 @@ def _print_units(summary: dict[str, Any]) -> None:
             if isinstance(s, dict):
                 where = [str(r["index"]), str(r.get("stage", r["index"])), kind]
                 table.add_row(*where, *(f"{s[k]:.4f}" for k in stats), s["method"])
-    Console().print(table)
+    Console(width=max(Console().width, 132)).print(table)
 
 
 @hydra.main(version_base="1.3", config_path=CONFIG_DIR, config_name="analyze")

@@ -121,6 +121,8 @@ class ImageFolderDataModule(BaseDataModule):
         self.files = [Path(path) for path, _ in folders.samples]
         self.images, self.labels = self._read_all(folders)
         self.input_shape = tuple(self.images.shape[1:])
+        # A folder of a few images is for analysis: batches simply hold all of them.
+        self.batch_size = min(self.batch_size, len(self.labels))
         self.setup()
 
     def _read_all(self, folders: _ClassFolders) -> tuple[torch.Tensor, torch.Tensor]:
