@@ -73,6 +73,14 @@ def check_optim(optim: DictConfig) -> None:
         )
 
 
+class Diverged(RuntimeError):
+    """Training produced a non-finite loss; the job ends with status ``diverged``."""
+
+    def __init__(self, epoch: int) -> None:
+        self.epoch = epoch
+        super().__init__(f"the training loss became NaN or inf in epoch {epoch}")
+
+
 class ClassificationModule(L.LightningModule):
     """Cross-entropy training of ``net`` with accuracy metrics.
 
@@ -125,6 +133,12 @@ class ClassificationModule(L.LightningModule):
 
     def test_step(self, batch: Any, batch_idx: int) -> None:
         self._step(batch, "test", self.test_acc)
+
+    def on_train_epoch_end(self) -> None:
+        # One check per epoch (not per step) keeps host synchronisation off the hot path.
+        loss = self.trainer.callback_metrics.get("train/loss_epoch")
+        if loss is not None and not torch.isfinite(loss):
+            raise Diverged(self.current_epoch)
 
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         # Plain containers only, so that the checkpoint loads with torch.load(weights_only=True)

@@ -30,7 +30,7 @@ from omegaconf import DictConfig, OmegaConf
 from resnet_dyn.config import build
 from resnet_dyn.errors import UserError
 from resnet_dyn.io import write_json_atomic
-from resnet_dyn.lit import ClassificationModule
+from resnet_dyn.lit import ClassificationModule, Diverged
 
 log = logging.getLogger("resnet_dyn")
 
@@ -198,6 +198,9 @@ def run_job(cfg: DictConfig) -> dict[str, Any]:
     try:
         result = fit(cfg, job_dir, last if cfg.resume and last.is_file() else None)
         summary.update(status="completed", **result)
+    except Diverged as exc:  # a result, not an error: the report shows it
+        summary.update(status="diverged", diverged_epoch=exc.epoch, error=str(exc))
+        log.warning("diverged: %s", exc)
     except Exception as exc:  # recorded in the summary; the sweep goes on
         error = exc
         summary["error"] = f"{type(exc).__name__}: {exc}"
@@ -237,7 +240,7 @@ def main(cfg: DictConfig) -> float | None:
             raise
         log.exception("job failed; recorded in its summary.json, the sweep goes on")
         return None
-    return summary["metrics"].get("val/acc")
+    return summary.get("metrics", {}).get("val/acc")
 
 
 if __name__ == "__main__":

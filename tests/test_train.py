@@ -243,3 +243,26 @@ def test_a_killed_sweep_rerun_finishes_only_the_unfinished_jobs(tmp_path):
     other = run_cli(["-m", "model.depth=8", *args[2:], "seed=5"], cwd=tmp_path)
     assert "another config" in other.stderr
     assert (sweep / "0" / "summary.json").read_text() == kept
+
+
+def test_divergence_ends_the_job_as_diverged_and_the_sweep_goes_on(tmp_path):
+    sweep = tmp_path / "sweep"
+    result = run_cli(
+        [
+            "-m",
+            "optim.lr=1.0e6,0.1",
+            "model.depth=8",
+            "debug=tiny",
+            "callbacks=spectrum",
+            "trainer.enable_progress_bar=false",
+            f"hydra.sweep.dir={sweep}",
+        ],  # fmt: skip
+        cwd=tmp_path,
+    )
+    assert result.returncode == 0, result.stderr[-2000:]
+    diverged, fine = (json.loads((j / "summary.json").read_text()) for j in _job_dirs(sweep))
+    assert diverged["status"] == "diverged" and diverged["diverged_epoch"] in (0, 1)
+    assert "NaN or inf" in diverged["error"]
+    assert fine["status"] == "completed"
+    # Its W&B run was finished: the offline run holds its exit record.
+    assert list((sweep / "0" / "wandb").glob("offline-run-*/*.wandb"))
