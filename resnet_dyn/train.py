@@ -70,18 +70,24 @@ def build_loggers(cfg: DictConfig, job_dir: Path) -> list:
         from lightning.pytorch.loggers import WandbLogger
 
         os.environ.setdefault("WANDB_SILENT", "true")
-        wandb_logger = WandbLogger(
-            project=wb.project,
-            entity=wb.entity,
-            offline=wb.offline,
-            save_dir=str(job_dir),
-            group=_wandb_group(cfg),
-            job_type=wb.job_type,
-            tags=list(cfg.tags),
-            name=job_dir.name if HydraConfig.get().mode == RunMode.MULTIRUN else None,
-        )
-        wandb_logger.log_hyperparams(OmegaConf.to_container(cfg, resolve=True))
-        loggers.append(wandb_logger)
+        try:
+            wandb_logger = WandbLogger(
+                project=wb.project,
+                entity=wb.entity,
+                offline=wb.offline,
+                save_dir=str(job_dir),
+                group=_wandb_group(cfg),
+                job_type=wb.job_type,
+                tags=list(cfg.tags),
+                name=job_dir.name if HydraConfig.get().mode == RunMode.MULTIRUN else None,
+            )
+            # Starts the run now, so that a W&B failure shows here and not mid-training.
+            wandb_logger.log_hyperparams(OmegaConf.to_container(cfg, resolve=True))
+            loggers.append(wandb_logger)
+        except Exception as exc:  # W&B is a view of the results, never a reason to lose them
+            first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+            log.warning("W&B unavailable, training goes on with CSV logs only: %s", first)
+            finish_wandb()
     return loggers
 
 

@@ -35,11 +35,16 @@ def compose_config(name: str, overrides: list[str], output_dir: Path) -> DictCon
 
 
 def run_cli(
-    args: list[str], cwd: Path, timeout: float = 300, module: str = "resnet_dyn"
+    args: list[str],
+    cwd: Path,
+    timeout: float = 300,
+    module: str = "resnet_dyn",
+    env: dict[str, str] | None = None,
 ) -> subprocess.CompletedProcess:
-    """Run ``python -m MODULE ARGS`` in ``cwd`` the way a user would."""
+    """Run ``python -m MODULE ARGS`` in ``cwd`` the way a user would (``env``: extra variables)."""
+    extra = env or {}
     env = {k: v for k, v in os.environ.items() if not k.startswith(("WANDB_", "HYDRA_FULL"))}
-    env["OMP_NUM_THREADS"] = "1"
+    env.update(OMP_NUM_THREADS="1", **extra)
     return subprocess.run(
         [sys.executable, "-m", module, *args],
         cwd=cwd,

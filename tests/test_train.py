@@ -266,3 +266,22 @@ def test_divergence_ends_the_job_as_diverged_and_the_sweep_goes_on(tmp_path):
     assert fine["status"] == "completed"
     # Its W&B run was finished: the offline run holds its exit record.
     assert list((sweep / "0" / "wandb").glob("offline-run-*/*.wandb"))
+
+
+def test_wandb_failure_warns_and_training_goes_on(tmp_path):
+    # Online mode with no API key anywhere (fresh HOME): wandb.init fails at once.
+    result = run_cli(
+        [
+            "logger.wandb.offline=false",
+            "debug=tiny",
+            "callbacks=default",
+            "trainer.enable_progress_bar=false",
+            f"hydra.run.dir={tmp_path / 'job'}",
+        ],  # fmt: skip
+        cwd=tmp_path,
+        env={"HOME": str(tmp_path)},
+    )
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert "W&B unavailable" in result.stdout + result.stderr
+    assert json.loads((tmp_path / "job" / "summary.json").read_text())["status"] == "completed"
+    assert (tmp_path / "job" / "csv" / "metrics.csv").is_file()
