@@ -22,7 +22,8 @@ from resnet_dyn.models import CifarResNet, ResidualNet
 FORMATS = ("lightning", "akamaster")
 
 
-def _read(path: Path) -> Any:
+def read_checkpoint(path: Path) -> Any:
+    """The contents of a checkpoint file, weights only, or a one-line DataError."""
     if not path.is_file():
         raise DataError(f"checkpoint.path: no file {path}")
     try:
@@ -117,7 +118,7 @@ def load_model(
     path = Path(path)
     if fmt not in FORMATS:
         raise ConfigError("checkpoint.format", " | ".join(FORMATS), fmt)
-    ckpt = _read(path)
+    ckpt = read_checkpoint(path)
     if not isinstance(ckpt, dict) or not isinstance(ckpt.get("state_dict"), dict):
         raise DataError(f"checkpoint.path: {path} holds no 'state_dict' dictionary of tensors")
     if fmt == "akamaster":

@@ -27,6 +27,7 @@ from hydra.core.hydra_config import HydraConfig
 from hydra.types import RunMode
 from omegaconf import DictConfig, OmegaConf
 
+from resnet_dyn.checkpoints import read_checkpoint
 from resnet_dyn.config import build
 from resnet_dyn.errors import UserError
 from resnet_dyn.io import write_json_atomic
@@ -202,7 +203,10 @@ def run_job(cfg: DictConfig) -> dict[str, Any]:
     summary: dict[str, Any] = {"status": "failed", "config": config}
     error: BaseException | None = None
     try:
-        result = fit(cfg, job_dir, last if cfg.resume and last.is_file() else None)
+        resume_from = last if cfg.resume and last.is_file() else None
+        if resume_from is not None:
+            read_checkpoint(resume_from)  # a truncated file stops here, before anything is written
+        result = fit(cfg, job_dir, resume_from)
         summary.update(status="completed", **result)
     except Diverged as exc:  # a result, not an error: the report shows it
         summary.update(status="diverged", diverged_epoch=exc.epoch, error=str(exc))

@@ -285,3 +285,30 @@ def test_wandb_failure_warns_and_training_goes_on(tmp_path):
     assert "W&B unavailable" in result.stdout + result.stderr
     assert json.loads((tmp_path / "job" / "summary.json").read_text())["status"] == "completed"
     assert (tmp_path / "job" / "csv" / "metrics.csv").is_file()
+
+
+def test_truncated_checkpoint_stops_resume_with_one_line_and_is_kept(tmp_path):
+    job = tmp_path / "job"
+    (job / "checkpoints").mkdir(parents=True)
+    (job / "checkpoints" / "last.ckpt").write_bytes(b"PK\x03\x04 truncated")
+    result = run_cli(["debug=tiny", "logger=none", f"hydra.run.dir={job}"], cwd=tmp_path)
+    assert result.returncode == 2
+    errors = [line for line in result.stderr.splitlines() if line.startswith("error:")]
+    assert len(errors) == 1 and "last.ckpt" in errors[0] and "Traceback" not in result.stderr
+    assert (job / "checkpoints" / "last.ckpt").read_bytes() == b"PK\x03\x04 truncated"
+
+
+def test_two_sweeps_started_together_write_to_distinct_folders(tmp_path):
+    args = [sys.executable, "-m", "resnet_dyn", "-m", "model.depth=8", "debug=fast_dev_run",
+            "logger=none", "callbacks=default", "trainer.enable_progress_bar=false"]  # fmt: skip
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    procs = [
+        subprocess.Popen(
+            args, cwd=tmp_path, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
+        )  # fmt: skip
+        for _ in range(2)
+    ]
+    assert [p.wait(timeout=300) for p in procs] == [0, 0]
+    sweeps = [p for p in (tmp_path / "multirun").glob("*/*") if p.is_dir()]
+    assert len(sweeps) == 2
+    assert all((s / "0" / "summary.json").is_file() for s in sweeps)
