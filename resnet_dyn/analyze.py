@@ -18,7 +18,6 @@ histograms, sorted spectra, perturbation growth), and an offline W&B run.
 from __future__ import annotations
 
 import os
-import sys
 import time
 from pathlib import Path
 from typing import Any
@@ -41,7 +40,7 @@ from resnet_dyn.analysis import (
 )
 from resnet_dyn.checkpoints import load_model
 from resnet_dyn.config import build
-from resnet_dyn.errors import ConfigError, UserError
+from resnet_dyn.errors import ConfigError, UserError, exit_for_user_error
 from resnet_dyn.io import write_json_atomic
 from resnet_dyn.models import ResidualNet
 from resnet_dyn.progress import unit_progress
@@ -154,12 +153,8 @@ def main(cfg: DictConfig) -> None:
     try:
         summary = analyze(cfg)
     except UserError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        if multirun:
-            return
-        if os.environ.get("HYDRA_FULL_ERROR") == "1":
-            raise
-        sys.exit(2)
+        exit_for_user_error(exc, multirun)
+        return
     _print_units(summary)
     print(f"results in {cfg.paths.output_dir}")
 

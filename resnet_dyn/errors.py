@@ -6,6 +6,8 @@ traceback (set ``HYDRA_FULL_ERROR=1`` to see the traceback anyway).
 
 from __future__ import annotations
 
+import os
+import sys
 from typing import Any
 
 
@@ -37,3 +39,16 @@ def check_positive(key: str, value: float, *, allow_zero: bool = False) -> None:
         raise ConfigError(
             key, "a non-negative number" if allow_zero else "a positive number", value
         )
+
+
+def exit_for_user_error(exc: UserError, multirun: bool) -> None:
+    """Print ``error: <message>``; in a single run exit 2 (re-raise with HYDRA_FULL_ERROR=1).
+
+    In a sweep it returns, so that the next job runs (the failure is in this job's summary).
+    """
+    print(f"error: {exc}", file=sys.stderr)
+    if multirun:
+        return
+    if os.environ.get("HYDRA_FULL_ERROR") == "1":
+        raise exc
+    sys.exit(2)

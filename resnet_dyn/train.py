@@ -29,7 +29,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from resnet_dyn.checkpoints import read_checkpoint
 from resnet_dyn.config import build
-from resnet_dyn.errors import UserError
+from resnet_dyn.errors import UserError, exit_for_user_error
 from resnet_dyn.io import write_json_atomic
 from resnet_dyn.lit import ClassificationModule, Diverged
 
@@ -239,12 +239,8 @@ def main(cfg: DictConfig) -> float | None:
     try:
         summary = run_job(cfg)
     except UserError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        if multirun:
-            return None  # the failure is in this job's summary.json; the next job runs
-        if os.environ.get("HYDRA_FULL_ERROR") == "1":
-            raise
-        sys.exit(2)
+        exit_for_user_error(exc, multirun)
+        return None
     except Exception:
         if not multirun:
             raise
