@@ -1,0 +1,474 @@
+"""Performance benchmarks: each one times ours against a fixed baseline in the same process.
+
+    python bench/run.py                       # all benchmarks
+    python bench/run.py jacobian_stage3 data  # a subset, by name
+    python bench/run.py --reps 5 train_overhead
+
+Each benchmark prints one ``RESULT <name> ratio=<baseline/ours> ours_s=... baseline_s=...``
+line (medians over repetitions) with its accuracy figures; a ``TARGET`` line per target
+follows at the end, PASS or FAIL. See bench/README.md.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import platform
+import shutil
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+
+ROOT = Path(__file__).resolve().parent.parent
+THREADS = 2
+
+
+@dataclass
+class Target:
+    """One checked target: its description and whether it holds (None: not measured)."""
+
+    name: str
+    text: str
+    passed: bool | None
+
+
+@dataclass
+class Bench:
+    """Shared state of a run: repetitions and the targets collected so far."""
+
+    reps: int
+    targets: list[Target] = field(default_factory=list)
+
+    def check(self, name: str, text: str, passed: bool | None) -> None:
+        self.targets.append(Target(name, text, passed))
+
+
+def timed(fn: Callable[[], object], reps: int) -> tuple[float, object]:
+    """Median wall seconds of ``reps`` calls of ``fn`` and the last call's result."""
+    times, out = [], None
+    for _ in range(reps):
+        t0 = time.perf_counter()
+        out = fn()
+        times.append(time.perf_counter() - t0)
+    return statistics.median(times), out
+
+
+def result(name: str, ours: float, base: float, **extra: object) -> None:
+    """Print the one RESULT line of a benchmark."""
+    fields = " ".join(f"{k}={_fmt(v)}" for k, v in extra.items())
+    print(
+        f"RESULT {name} ratio={base / ours:.3g} ours_s={ours:.4g} baseline_s={base:.4g} {fields}",
+        flush=True,
+    )
+
+
+def _fmt(v: object) -> str:
+    return f"{v:.3g}" if isinstance(v, float) else str(v)
+
+
+def machine() -> str:
+    """nproc, CPU model and library versions, for the header of the output."""
+    cpu = platform.processor() or "unknown"
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    import lightning
+
+    return (
+        f"machine: nproc={os.cpu_count()} cpu='{cpu}' torch={torch.__version__} "
+        f"lightning={lightning.__version__} threads={torch.get_num_threads()} "
+        f"python={platform.python_version()} date={time.strftime('%Y-%m-%d')}"
+    )
+
+
+# ----------------------------------------------------------------------------------- data
+
+
+def bench_data(b: Bench) -> None:
+    """One epoch of 50,000 CIFAR-shaped uint8 images, pad-4 crop + flip + normalise.
+
+    resnet_dyn.data has no batched (device-resident) augmentation: its in-memory path is
+    ``TensorImages`` with per-sample torchvision v2 transforms in a DataLoader, which is the
+    baseline itself. So "ours" is skipped; the baseline is timed for reference (one epoch).
+    """
+    from torch.utils.data import DataLoader
+    from torchvision.transforms import v2
+
+    from resnet_dyn.data.base import TensorImages
+
+    g = torch.Generator().manual_seed(0)
+    x = torch.randint(0, 256, (50_000, 3, 32, 32), dtype=torch.uint8, generator=g)
+    y = torch.randint(0, 10, (50_000,), generator=g)
+    tf = v2.Compose(
+        [
+            v2.RandomCrop(32, padding=4),
+            v2.RandomHorizontalFlip(),
+            v2.ToDtype(torch.float32, scale=True),
+            v2.Normalize((0.4914, 0.4822, 0.4465), (0.2470, 0.2435, 0.2616)),
+        ]
+    )
+    loader = DataLoader(TensorImages(x, y, tf), batch_size=128, shuffle=True, num_workers=2)
+
+    def epoch() -> int:
+        return sum(xb.shape[0] for xb, _ in loader)
+
+    base, n = timed(epoch, 1)
+    print(
+        "RESULT data skipped reason='resnet_dyn.data has no batched/device-resident augmentation; "
+        "its in-memory path (TensorImages + per-sample v2 transforms + DataLoader) is the "
+        f"baseline itself' baseline_s={base:.4g} images={n}",
+        flush=True,
+    )
+    b.check("data", "ratio >= 5", None)
+
+
+# ------------------------------------------------------------------------- train_overhead
+
+
+def bench_train_overhead(b: Bench, steps: int = 30, batch: int = 128) -> None:
+    """ResNet-20 steps through ClassificationModule + Lightning vs a plain PyTorch loop."""
+    import warnings
+
+    import lightning as L
+    import torch.nn.functional as F
+    from hydra.utils import instantiate
+    from omegaconf import OmegaConf
+    from torch.utils.data import DataLoader, TensorDataset
+
+    from resnet_dyn.lit import ClassificationModule, lr_factor
+    from resnet_dyn.models import CifarResNet
+
+    optim = OmegaConf.load(ROOT / "conf" / "optim" / "sgd.yaml")
+    g = torch.Generator().manual_seed(0)
+    data = TensorDataset(
+        torch.randn(steps * batch, 3, 32, 32, generator=g),
+        torch.randint(0, 10, (steps * batch,), generator=g),
+    )
+    loader = DataLoader(data, batch_size=batch, shuffle=False)
+    losses: dict[str, float] = {}
+
+    root = tempfile.mkdtemp(prefix="bench_train_")  # Lightning writes nothing into the repo
+
+    def ours() -> None:
+        torch.manual_seed(0)
+        module = ClassificationModule(CifarResNet(depth=20), optim, batch, 10)
+        trainer = L.Trainer(
+            default_root_dir=root,
+            max_steps=steps,
+            accelerator="cpu",
+            devices=1,
+            logger=False,
+            enable_checkpointing=False,
+            enable_progress_bar=False,
+            enable_model_summary=False,
+            num_sanity_val_steps=0,
+            limit_val_batches=0,
+        )
+        trainer.fit(module, train_dataloaders=loader)
+        losses["ours"] = float(trainer.callback_metrics["train/loss"])
+
+    def plain() -> None:
+        torch.manual_seed(0)
+        net = CifarResNet(depth=20)
+        net.train()
+        opt = instantiate(optim.optimizer)(
+            net.parameters(), lr=optim.lr, weight_decay=optim.weight_decay
+        )
+        schedule = dict(optim.schedule)
+        sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: lr_factor(s, steps, schedule))
+        loss = torch.zeros(())
+        for xb, yb in loader:
+            opt.zero_grad(set_to_none=True)
+            loss = F.cross_entropy(net(xb), yb)
+            loss.backward()
+            opt.step()
+            sched.step()
+        losses["plain"] = float(loss)
+
+    for name in ("lightning.pytorch", "lightning.fabric"):  # no GPU/TPU banners per fit
+        logging.getLogger(name).setLevel(logging.ERROR)
+    warnings.filterwarnings("ignore")
+    plain()  # warm-up: thread pools, allocator
+    times: dict[str, list[float]] = {"ours": [], "plain": []}
+    for _ in range(b.reps):  # interleaved, so that drift hits both alike
+        for key, fn in (("plain", plain), ("ours", ours)):
+            t0 = time.perf_counter()
+            fn()
+            times[key].append(time.perf_counter() - t0)
+    shutil.rmtree(root, ignore_errors=True)
+    o, p = statistics.median(times["ours"]), statistics.median(times["plain"])
+    result(
+        "train_overhead",
+        o,
+        p,
+        steps=steps,
+        batch=batch,
+        best_ratio=min(times["plain"]) / min(times["ours"]),
+        loss_ours=losses["ours"],
+        loss_plain=losses["plain"],
+    )
+    b.check("train_overhead", f"ratio {p / o:.3g} >= 0.91", p / o >= 0.91)
+
+
+# ------------------------------------------------------------------------------ jacobians
+
+
+def analysis_net(depth: int = 20, seed: int = 0) -> torch.nn.Module:
+    """A CIFAR ResNet in eval mode whose BatchNorm running statistics were warmed up."""
+    from resnet_dyn.models import CifarResNet
+
+    torch.manual_seed(seed)
+    net = CifarResNet(depth=depth)
+    net.train()
+    with torch.no_grad():
+        for _ in range(10):
+            net(torch.randn(64, 3, 32, 32) * 1.5 + 0.2)
+    return net.eval()
+
+
+def bench_jacobian(b: Bench, name: str, unit: int, target: float) -> None:
+    """Full Jacobian of one unit's sum map: ``jacobian(f, "auto")`` vs ``torch.func.jacfwd``."""
+    from resnet_dyn.dynamics import jacobian, unit_map, unit_states
+
+    net = analysis_net()
+    x = unit_states(net, torch.randn(1, 3, 32, 32, generator=torch.Generator().manual_seed(1)))
+    f = unit_map(net, unit, x[unit][0], "sum")
+
+    def baseline() -> torch.Tensor:
+        with torch.no_grad():
+            return torch.func.jacfwd(f)(f.x).reshape(f.dim_out, f.dim_in)
+
+    jacobian(f, "auto")  # warm-up
+    ours, jac = timed(lambda: jacobian(f, "auto"), b.reps)
+    base, J = timed(baseline, b.reps)
+    err = (jac.matrix - J).abs().max().item()
+    result(
+        name,
+        ours,
+        base,
+        max_abs_err=f"{err:.2e}",
+        method=jac.method,
+        probes=jac.probes,
+        shape=f"{tuple(f.in_shape)}",
+    )
+    b.check(name, f"ratio {base / ours:.3g} >= {target:g}", base / ours >= target)
+    b.check(name, f"max_abs_err {err:.2e} <= 1e-5", err <= 1e-5)
+
+
+def bench_jacobian_stage1(b: Bench) -> None:
+    bench_jacobian(b, "jacobian_stage1", 1, 20.0)
+
+
+def bench_jacobian_stage3(b: Bench) -> None:
+    bench_jacobian(b, "jacobian_stage3", 7, 2.0)
+
+
+# ------------------------------------------------------------------------------- spectrum
+
+
+def spectrum_map() -> object:
+    """The sum map of unit 7 (64x8x8, n = 4096) of a ResNet-20 whose first BN of that unit
+    is shifted so that most of its ReLUs are off: J = I + (low rank), clustered at 1."""
+    from resnet_dyn.dynamics import unit_map, unit_states
+
+    net = analysis_net()
+    with torch.no_grad():
+        net.units[7].branch[1].bias -= 1.0
+    x = unit_states(net, torch.randn(1, 3, 32, 32, generator=torch.Generator().manual_seed(1)))
+    return unit_map(net, 7, x[7][0], "sum")
+
+
+def bench_spectrum(b: Bench) -> None:
+    """Top/bottom-16 singular values by block Lanczos vs dense svdvals; SLQ fractions."""
+    from resnet_dyn.dynamics import (
+        extreme_singular_values,
+        jacobian,
+        quadrature_fractions,
+        singular_value_quadrature,
+        spectrum_stats,
+    )
+
+    f = spectrum_map()
+    J = jacobian(f, "auto").matrix  # the fastest J (coloring); not part of the baseline time
+    base, sigma = timed(lambda: torch.linalg.svdvals(J), b.reps)
+    sigma = sigma.to(torch.float64)
+    exact = spectrum_stats(sigma)
+    for end, name, target in (
+        ("largest", "spectrum_top", 10.0),
+        ("smallest", "spectrum_bottom", 2.0),
+    ):
+        ours, ext = timed(lambda end=end: extreme_singular_values(f, 16, end)[end], b.reps)
+        ref = sigma[:16] if end == "largest" else sigma.flip(0)[:16]
+        rel = ((ext.values - ref).abs() / ref.abs().clamp_min(1e-12)).max().item()
+        result(
+            name,
+            ours,
+            base,
+            rel_err=f"{rel:.2e}",
+            matvecs=ext.matvecs,
+            converged=ext.converged,
+            sigma_end=f"{ref[0].item():.6g}",
+            baseline="svdvals_of_J_by_coloring",
+        )
+        b.check(name, f"ratio {base / ours:.3g} >= {target:g}", base / ours >= target)
+        b.check(name, f"rel_err {rel:.2e} <= 1e-4", rel <= 1e-4)
+    t_slq, quad = timed(lambda: singular_value_quadrature(f, 16, 80), 1)
+    est = quadrature_fractions(quad)
+    worst = max(abs(est[k] - exact[k]) for k in ("frac_one", "frac_gt_one", "frac_zero"))
+    print(
+        f"SLQ spectrum_fractions slq_s={t_slq:.4g} svdvals_s={base:.4g} "
+        + " ".join(
+            f"{k}={est[k]:.4f}/{exact[k]:.4f}(+-{est[k + '_err']:.4f})"
+            for k in ("frac_one", "frac_gt_one", "frac_zero")
+        )
+        + f" max_diff={worst:.4f}  (slq/dense)",
+        flush=True,
+    )
+    b.check("spectrum_fractions", f"max |slq - dense| {worst:.4f} <= 0.02", worst <= 0.02)
+
+
+# ---------------------------------------------------------------------- resnet56_all_units
+
+
+def bench_resnet56_all_units(b: Bench, budget: float = 120.0) -> None:
+    """All 27 units of a ResNet-56, sum and unit maps, ``method="auto"``, one image."""
+    from collections import Counter
+
+    from resnet_dyn.dynamics import analyze_units
+
+    net = analysis_net(depth=56)
+    image = torch.randn(1, 3, 32, 32, generator=torch.Generator().manual_seed(1))
+    stamps: list[float] = []
+    t0 = time.perf_counter()
+    res = analyze_units(
+        net,
+        image,
+        "all",
+        maps=("sum", "unit"),
+        progress=lambda d, n: stamps.append(time.perf_counter()),
+    )
+    ours = time.perf_counter() - t0
+    per_stage: dict[int, float] = {}
+    for r, start, stop in zip(res, [t0, *stamps[:-1]], stamps, strict=True):
+        per_stage[r["stage"]] = per_stage.get(r["stage"], 0.0) + stop - start
+    print(
+        "seconds per stage: "
+        + " ".join(f"stage{s}={t:.1f}" for s, t in per_stage.items())
+        + " (including the forward pass to the unit states in stage0)",
+        flush=True,
+    )
+    methods = Counter(r[m]["method"] for r in res for m in ("sum", "unit"))
+    per_unit = " ".join(f"{r['index']}:{r['sum']['method']}/{r['unit']['method']}" for r in res)
+    print(f"methods per unit (sum/unit): {per_unit}", flush=True)
+    result(
+        "resnet56_all_units",
+        ours,
+        budget,
+        units=len(res),
+        methods="|".join(f"{k}x{v}" for k, v in sorted(methods.items())),
+        baseline="the_120s_budget",
+    )
+    b.check("resnet56_all_units", f"{ours:.1f} s <= {budget:g} s", ours <= budget)
+
+
+# -------------------------------------------------------------------------- sweep_overhead
+
+
+def bench_sweep_overhead(b: Bench, jobs: int = 20, budget: float = 3.0) -> None:
+    """Per-job wall time of a multirun of ``jobs`` trivial jobs (basic launcher)."""
+    common = [
+        "debug=fast_dev_run",
+        "logger=none",
+        "trainer.enable_progress_bar=false",
+        "model.depth=8",
+        "callbacks=default",
+    ]
+    env = dict(os.environ, WANDB_MODE="disabled", PYTHONWARNINGS="ignore")
+
+    def run(args: list[str]) -> float:
+        t0 = time.perf_counter()
+        proc = subprocess.run(
+            [sys.executable, "-m", "resnet_dyn", *args],
+            cwd=ROOT,
+            env=env,
+            capture_output=True,
+            text=True,
+        )
+        wall = time.perf_counter() - t0
+        if proc.returncode != 0:
+            tail = (proc.stderr or proc.stdout)[-2000:]
+            raise RuntimeError(f"resnet_dyn exited with {proc.returncode}:\n{tail}")
+        return wall
+
+    with tempfile.TemporaryDirectory() as tmp:
+        single = run([*common, f"hydra.run.dir={tmp}/single"])
+        seeds = ",".join(str(s) for s in range(jobs))
+        total = run(["-m", f"seed={seeds}", *common, f"hydra.sweep.dir={tmp}/sweep"])
+        done = len([p for p in Path(tmp, "sweep").iterdir() if p.is_dir()])
+    per_job = total / jobs
+    print(
+        f"RESULT sweep_overhead ratio={budget / per_job:.3g} ours_s={per_job:.4g} "
+        f"baseline_s={budget:g} total_s={total:.4g} jobs={jobs} job_dirs={done} "
+        f"single_job_s={single:.4g} baseline=the_3s_per_job_budget",
+        flush=True,
+    )
+    b.check("sweep_overhead", f"{per_job:.2f} s per job <= {budget:g} s", per_job <= budget)
+
+
+# ----------------------------------------------------------------------------------- main
+
+BENCHMARKS: dict[str, Callable[[Bench], None]] = {
+    "data": bench_data,
+    "train_overhead": bench_train_overhead,
+    "jacobian_stage1": bench_jacobian_stage1,
+    "jacobian_stage3": bench_jacobian_stage3,
+    "spectrum": bench_spectrum,
+    "resnet56_all_units": bench_resnet56_all_units,
+    "sweep_overhead": bench_sweep_overhead,
+}
+ALIASES = {"spectrum_top": "spectrum", "spectrum_bottom": "spectrum"}
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Run the named benchmarks (all by default); exit status 1 if any target fails."""
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    names = [*BENCHMARKS, *ALIASES]
+    parser.add_argument("names", nargs="*", metavar="NAME", help=" | ".join(names))
+    parser.add_argument("--reps", type=int, default=3, help="repetitions (median)")
+    args = parser.parse_args(argv)
+    unknown = [n for n in args.names if n not in names]
+    if unknown:
+        parser.error(f"unknown benchmark(s) {unknown}; choose from {names}")
+    torch.set_num_threads(THREADS)
+    chosen = dict.fromkeys(ALIASES.get(n, n) for n in (args.names or BENCHMARKS))
+    print(machine(), flush=True)
+    b = Bench(reps=max(1, args.reps))
+    for name in chosen:
+        t0 = time.perf_counter()
+        try:
+            BENCHMARKS[name](b)
+        except Exception as e:  # one broken benchmark must not hide the others
+            msg = " ".join(str(e).split())[:300]
+            print(f"RESULT {name} error={type(e).__name__}: {msg}", flush=True)
+            b.check(name, "ran", False)
+        print(f"# {name} took {time.perf_counter() - t0:.1f} s", flush=True)
+    for t in b.targets:
+        verdict = "SKIP" if t.passed is None else ("PASS" if t.passed else "FAIL")
+        print(f"TARGET {t.name} {verdict} {t.text}")
+    return 1 if any(t.passed is False for t in b.targets) else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
