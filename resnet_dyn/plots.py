@@ -28,6 +28,14 @@ def _save(fig: plt.Figure, path: str | Path) -> Path:
     return write_bytes_atomic(path, buf.getvalue())
 
 
+def _finish(fig: plt.Figure, axes: np.ndarray, path: str | Path, title: str) -> Path:
+    """Legend on the first panel, the figure title, and the PNG written atomically."""
+    axes[0].legend(fontsize=7)
+    if title:
+        fig.suptitle(title, fontsize=10)
+    return _save(fig, path)
+
+
 def _grid(n: int, size: float = 3.2) -> tuple[plt.Figure, np.ndarray]:
     cols = min(4, n)
     rows = math.ceil(n / cols)
@@ -53,10 +61,7 @@ def spectrum_histograms(panels: Panels, path: str | Path, title: str = "") -> Pa
         ax.set_title(name, fontsize=9)
         ax.set_xlabel("singular value", fontsize=8)
         ax.tick_params(labelsize=7)
-    axes[0].legend(fontsize=7)
-    if title:
-        fig.suptitle(title, fontsize=10)
-    return _save(fig, path)
+    return _finish(fig, axes, path, title)
 
 
 def sorted_spectra(panels: Panels, path: str | Path, title: str = "") -> Path:
@@ -71,10 +76,7 @@ def sorted_spectra(panels: Panels, path: str | Path, title: str = "") -> Path:
         ax.set_xlabel("rank", fontsize=8)
         ax.set_ylabel("singular value", fontsize=8)
         ax.tick_params(labelsize=7)
-    axes[0].legend(fontsize=7)
-    if title:
-        fig.suptitle(title, fontsize=10)
-    return _save(fig, path)
+    return _finish(fig, axes, path, title)
 
 
 def unit_curves(

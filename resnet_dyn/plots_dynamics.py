@@ -31,19 +31,25 @@ def _stage_boundaries(ax: Any, unit_stage: Sequence[int]) -> None:
             ax.axvline(k + 0.5, color="gray", lw=0.8, ls=":")
 
 
+def perturbation_axes(ax: Any, result: Mapping[str, Any], scale: str = "rel") -> None:
+    """Adversarial and random curves (``rel`` or ``abs``) of one perturbation result against
+    the state index, log scale, with the stage boundaries marked."""
+    for kind in ("adversarial", "random"):
+        y = np.asarray(result[f"{kind}_{scale}"], dtype=float)
+        ax.plot(np.arange(len(y)), y, marker="o", ms=3, lw=1.2, label=kind)
+    _stage_boundaries(ax, result.get("unit_stage", []))
+    ax.set_yscale("log")
+    _integer_x(ax)
+    ax.set_xlabel("state k (input of unit k)")
+
+
 def perturbation_growth(result: Mapping[str, Any], path: str | Path, title: str = "") -> Path:
     """Adversarial vs random perturbations against the state index k (input of unit k, the
     last point the network's output): relative and absolute size, log scale; dotted lines
     mark the downsampling units between stages."""
     fig, axes = plt.subplots(1, 2, figsize=(10, 3.6))
     for ax, scale in zip(axes, ("rel", "abs"), strict=True):
-        for kind in ("adversarial", "random"):
-            y = np.asarray(result[f"{kind}_{scale}"], dtype=float)
-            ax.plot(np.arange(len(y)), y, marker="o", ms=3, lw=1.2, label=kind)
-        _stage_boundaries(ax, result.get("unit_stage", []))
-        ax.set_yscale("log")
-        _integer_x(ax)
-        ax.set_xlabel("state k (input of unit k)")
+        perturbation_axes(ax, result, scale)
         ax.set_title(
             "||x_k(x+d) - x_k(x)||" + (" / ||x_k(x)||" if scale == "rel" else ""), fontsize=9
         )

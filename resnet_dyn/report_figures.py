@@ -18,7 +18,7 @@ from matplotlib.ticker import FuncFormatter, MaxNLocator, NullFormatter
 
 from resnet_dyn.dynamics.identity import loglog_slope, stopping_depth
 from resnet_dyn.plots import _grid, _save, plt, spectrum_histograms
-from resnet_dyn.plots_dynamics import _integer_x, _stage_boundaries
+from resnet_dyn.plots_dynamics import _integer_x, perturbation_axes
 from resnet_dyn.report import ANALYSIS, Job, Sweep, finite, job_scalars
 from resnet_dyn.report_batch import (
     LINEAR_SLOPE,
@@ -208,15 +208,9 @@ def perturbation_figures(sweep: Sweep) -> list[Figure]:
         return []
     fig, axes = _grid(len(jobs), 3.4)
     for ax, job in zip(axes, jobs, strict=False):
-        p = job.analysis["perturbation"]
-        for kind in ("adversarial", "random"):
-            y = np.asarray(p[f"{kind}_rel"], dtype=float)
-            ax.plot(np.arange(len(y)), y, marker="o", ms=3, lw=1.2, label=kind)
-        _stage_boundaries(ax, p.get("unit_stage", []))
-        ax.set_yscale("log")
-        _integer_x(ax)
+        perturbation_axes(ax, job.analysis["perturbation"], "rel")
         ax.set_title(sweep.label(job), fontsize=8)
-        ax.set_xlabel("state k (input of unit k)", fontsize=8)
+        ax.xaxis.label.set_fontsize(8)
         ax.tick_params(which="both", labelsize=7)
         ax.grid(alpha=0.3)
     axes[0].set_ylabel("||x_k(x+d) - x_k(x)|| / ||x_k(x)||", fontsize=8)
