@@ -32,6 +32,7 @@ from resnet_dyn.config import build
 from resnet_dyn.errors import UserError, exit_for_user_error
 from resnet_dyn.io import write_json_atomic
 from resnet_dyn.lit import ClassificationModule, Diverged
+from resnet_dyn.preemption import CheckpointOnSignal, Preempted
 
 log = logging.getLogger("resnet_dyn")
 
@@ -126,12 +127,14 @@ def fit(cfg: DictConfig, job_dir: Path, ckpt_path: Path | None = None) -> dict[s
         architecture=architecture,
     )
     loggers = build_loggers(cfg, job_dir)
+    callbacks = [*build_callbacks(cfg), CheckpointOnSignal(job_dir / "checkpoints" / "last.ckpt")]
     trainer: L.Trainer = build(
-        cfg.trainer, logger=loggers, callbacks=build_callbacks(cfg), plugins=slurm_plugins()
+        cfg.trainer, logger=loggers, callbacks=callbacks, plugins=slurm_plugins()
     )
     if ckpt_path is not None:
         log.info("resuming from %s", ckpt_path)
-    trainer.fit(module, datamodule=datamodule, ckpt_path=ckpt_path)
+    # weights_only: a checkpoint file can carry no code into the job.
+    trainer.fit(module, datamodule=datamodule, ckpt_path=ckpt_path, weights_only=True)
     metrics = _metrics(trainer)
     trainer.test(module, datamodule=datamodule, verbose=False)
     metrics.update(_metrics(trainer))
@@ -202,6 +205,7 @@ def run_job(cfg: DictConfig) -> dict[str, Any]:
             return done
     summary: dict[str, Any] = {"status": "failed", "config": config}
     error: BaseException | None = None
+    preempted: Preempted | None = None
     try:
         resume_from = last if cfg.resume and last.is_file() else None
         if resume_from is not None:
@@ -211,6 +215,10 @@ def run_job(cfg: DictConfig) -> dict[str, Any]:
     except Diverged as exc:  # a result, not an error: the report shows it
         summary.update(status="diverged", diverged_epoch=exc.epoch, error=str(exc))
         log.warning("diverged: %s", exc)
+    except Preempted as exc:  # resumable: the same command continues from the checkpoint
+        preempted = exc
+        summary.update(status="preempted", preempted_step=exc.step, error=str(exc))
+        log.warning("stopped on %s", exc)
     except Exception as exc:  # recorded in the summary; the sweep goes on
         error = exc
         summary["error"] = f"{type(exc).__name__}: {exc}"
@@ -220,6 +228,8 @@ def run_job(cfg: DictConfig) -> dict[str, Any]:
         write_json_atomic(job_dir / "summary.json", summary)
     if error is not None:
         raise error
+    if preempted is not None:
+        preempted.hand_on()
     _print_result(job_dir, summary)
     return summary
 

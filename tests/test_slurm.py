@@ -12,6 +12,8 @@ import os
 import re
 import shutil
 import subprocess
+import sys
+import time
 import uuid
 from pathlib import Path
 
@@ -103,3 +105,70 @@ def test_sweep_runs_as_slurm_jobs(slurm_cluster, tmp_path):
         assert re.search(r"^SLURM_JOB_ID=\d+$", out, re.MULTILINE), out[-2000:]
         assert f"JobEnvironment(job_id={task.name}," in out + err, (out + err)[-2000:]
         assert "Job completed successfully" in out + err, (out + err)[-2000:]
+
+
+def _squeue(name: str) -> list[tuple[str, str, str]]:
+    out = subprocess.run(
+        ["squeue", "--noheader", f"--name={name}", "--format=%i %T %r"],
+        capture_output=True,
+        text=True,
+        timeout=30,
+    ).stdout
+    return [tuple(line.split()) for line in out.splitlines() if line.strip()]  # type: ignore[misc]
+
+
+def test_a_preempted_slurm_job_checkpoints_is_requeued_and_finishes(slurm_cluster, tmp_path):
+    sweep = tmp_path / "sweep"
+    name = f"resnet_dyn_test_{uuid.uuid4().hex[:8]}"
+    args = [
+        "-m",
+        "hydra/launcher=slurm_cpu",
+        "model.depth=8",
+        "trainer.max_epochs=30",
+        "callbacks=default",
+        "logger=none",
+        "trainer.enable_progress_bar=false",
+        f"hydra.sweep.dir={sweep}",
+        f"hydra.launcher.name={name}",
+    ]
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("WANDB_", "HYDRA_FULL"))}
+    sweep_proc = subprocess.Popen(
+        [sys.executable, "-m", "resnet_dyn", *args],
+        cwd=tmp_path,
+        env={**env, "OMP_NUM_THREADS": "1"},
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
+    try:
+        deadline = time.time() + 240
+        while not (sweep / "0" / "checkpoints" / "last.ckpt").is_file():
+            assert sweep_proc.poll() is None, sweep_proc.communicate()[0][-3000:]
+            assert time.time() < deadline, "the job never checkpointed"
+            time.sleep(0.1)
+        (job_id, state, _), *_ = _squeue(name)
+        assert state == "RUNNING"
+        # Preemption as SLURM does it for a submitit job: SIGTERM, then submitit's SIGUSR2.
+        for sig in ("TERM", "USR2"):
+            subprocess.run(["scancel", f"--signal={sig}", job_id], check=True, timeout=30)
+            time.sleep(0.5)
+        # A requeued job waits for a begin time SLURM sets (minutes); let it start now.
+        deadline = time.time() + 60
+        while not any(s == "PENDING" for _, s, _ in _squeue(name)):
+            assert time.time() < deadline, f"not requeued: {_squeue(name)}"
+            time.sleep(0.5)
+        subprocess.run(["scontrol", "update", f"JobId={job_id}", "StartTime=now"], timeout=30)
+        out = sweep_proc.communicate(timeout=240)[0]
+    finally:
+        if sweep_proc.poll() is None:
+            sweep_proc.kill()
+        subprocess.run(["scancel", f"--name={name}"], capture_output=True, timeout=30)
+    assert sweep_proc.returncode == 0, out[-3000:]
+    summary = json.loads((sweep / "0" / "summary.json").read_text())
+    assert summary["status"] == "completed" and summary["epochs"] == 30, summary.get("error")
+    (task,) = (p for p in (sweep / ".submitit").iterdir() if p.name.startswith(job_id))
+    log = "".join(p.read_text() for p in task.glob("*_log.*"))
+    assert "checkpoint saved at step" in log  # on SIGTERM, training went on
+    assert "stopped on SIGUSR2" in log  # on SIGUSR2, checkpoint and stop
+    assert "this job is preempted" in log  # then submitit requeued it
+    assert "resuming from" in log  # and the second run resumed from the checkpoint
