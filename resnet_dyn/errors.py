@@ -41,6 +41,13 @@ def check_positive(key: str, value: float, *, allow_zero: bool = False) -> None:
         )
 
 
+def check_bool(key: str, value: Any, *, optional: bool = False) -> bool | None:
+    """``value`` if it is true or false (or None when ``optional``), else :class:`ConfigError`."""
+    if isinstance(value, bool) or (optional and value is None):
+        return value
+    raise ConfigError(key, "true or false" + (" or null" if optional else ""), value)
+
+
 def exit_for_user_error(exc: UserError, multirun: bool) -> None:
     """Print ``error: <message>``; in a single run exit 2 (re-raise with HYDRA_FULL_ERROR=1).
 

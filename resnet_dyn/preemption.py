@@ -90,10 +90,8 @@ class CheckpointOnSignal(L.Callback):
         if self.received is None:
             return
         signum, self.received = self.received, None
-        # Written beside and renamed over last.ckpt, which stays whole until then.
-        partial = self.checkpoint.with_name(f".{self.checkpoint.name}.partial")
-        trainer.save_checkpoint(partial, weights_only=False)  # the full state, to resume
-        os.replace(partial, self.checkpoint)
+        # The full state, to resume; the trainer's checkpoint writer renames it into place.
+        trainer.save_checkpoint(self.checkpoint, weights_only=False)
         requeue = submitit_signal()
         if requeue is not None and signum != requeue:
             # submitit ignores SIGTERM and requeues on its own signal, which SLURM sends next.

@@ -27,11 +27,13 @@ from hydra.core.hydra_config import HydraConfig
 from hydra.types import RunMode
 from omegaconf import DictConfig, OmegaConf
 
-from resnet_dyn.checkpoints import read_checkpoint
+from resnet_dyn.checkpoints import AtomicCheckpointIO, read_checkpoint
 from resnet_dyn.config import build
+from resnet_dyn.config_checks import check_analysis_config, check_optimizer
 from resnet_dyn.errors import UserError, exit_for_user_error
-from resnet_dyn.io import write_json_atomic
+from resnet_dyn.io import unwritable_reason, write_json_atomic
 from resnet_dyn.lit import ClassificationModule, Diverged
+from resnet_dyn.loggers import SafeCSVLogger
 from resnet_dyn.preemption import CheckpointOnSignal, Preempted
 
 log = logging.getLogger("resnet_dyn")
@@ -62,11 +64,11 @@ def _wandb_group(cfg: DictConfig) -> str | None:
     return None
 
 
-def build_loggers(cfg: DictConfig, job_dir: Path) -> list:
-    """The CSV logger always; a W&B logger unless ``logger=none``."""
-    from lightning.pytorch.loggers import CSVLogger
-
-    loggers: list = [CSVLogger(save_dir=job_dir, name="csv", version="")]
+def build_loggers(cfg: DictConfig, job_dir: Path, resume_step: int | None = None) -> list:
+    """The CSV logger always (keeping its rows before ``resume_step``); a W&B logger unless
+    ``logger=none``."""
+    csv_logger = SafeCSVLogger(save_dir=job_dir, name="csv", version="", resume_step=resume_step)
+    loggers: list = [csv_logger]
     wb = cfg.logger.get("wandb")
     if wb:
         from lightning.pytorch.loggers import WandbLogger
@@ -93,22 +95,24 @@ def build_loggers(cfg: DictConfig, job_dir: Path) -> list:
     return loggers
 
 
-def slurm_plugins() -> list:
-    """Under SLURM (e.g. a submitit job) Lightning's auto-requeue is off: submitit handles
-    SLURM's signals and resubmits the job itself."""
+def trainer_plugins() -> list:
+    """Checkpoints written atomically; under SLURM (e.g. a submitit job) Lightning's
+    auto-requeue is off: submitit handles SLURM's signals and resubmits the job itself."""
     from lightning.pytorch.plugins.environments import SLURMEnvironment
 
-    return [SLURMEnvironment(auto_requeue=False)] if SLURMEnvironment.detect() else []
+    plugins: list = [AtomicCheckpointIO()]
+    if SLURMEnvironment.detect():
+        plugins.append(SLURMEnvironment(auto_requeue=False))
+    return plugins
 
 
 def build_callbacks(cfg: DictConfig) -> list[L.Callback]:
     return [build(c) for c in cfg.callbacks.values() if c is not None]
 
 
-def fit(cfg: DictConfig, job_dir: Path, ckpt_path: Path | None = None) -> dict[str, Any]:
-    """Build data, model, module and trainer from ``cfg``; train (resuming from ``ckpt_path``),
-    test; return the summary fields."""
-    L.seed_everything(cfg.seed, workers=True, verbose=False)
+def build_job(cfg: DictConfig) -> tuple[L.LightningDataModule, ClassificationModule]:
+    """The datamodule and the Lightning module of ``cfg``, with every model, data, optim and
+    analysis key checked: a bad value stops here, before anything is trained or written."""
     datamodule = build(cfg.data)
     net = build(cfg.model, input_shape=datamodule.input_shape, num_classes=datamodule.num_classes)
     architecture = {
@@ -126,10 +130,23 @@ def fit(cfg: DictConfig, job_dir: Path, ckpt_path: Path | None = None) -> dict[s
         compile=cfg.compile,
         architecture=architecture,
     )
-    loggers = build_loggers(cfg, job_dir)
+    # Read only later (the optimizer at the start of training, the analyses at its end).
+    check_optimizer(cfg.optim, net)
+    check_analysis_config(cfg.analysis, len(net.units))
+    return datamodule, module
+
+
+def fit(
+    cfg: DictConfig, job_dir: Path, ckpt_path: Path | None = None, resume_step: int | None = None
+) -> dict[str, Any]:
+    """Build data, model, module and trainer from ``cfg``; train (resuming from ``ckpt_path``,
+    saved at ``resume_step``), test; return the summary fields."""
+    L.seed_everything(cfg.seed, workers=True, verbose=False)
+    datamodule, module = build_job(cfg)
+    loggers = build_loggers(cfg, job_dir, resume_step)
     callbacks = [*build_callbacks(cfg), CheckpointOnSignal(job_dir / "checkpoints" / "last.ckpt")]
     trainer: L.Trainer = build(
-        cfg.trainer, logger=loggers, callbacks=callbacks, plugins=slurm_plugins()
+        cfg.trainer, logger=loggers, callbacks=callbacks, plugins=trainer_plugins()
     )
     if ckpt_path is not None:
         log.info("resuming from %s", ckpt_path)
@@ -208,9 +225,11 @@ def run_job(cfg: DictConfig) -> dict[str, Any]:
     preempted: Preempted | None = None
     try:
         resume_from = last if cfg.resume and last.is_file() else None
+        resume_step = None
         if resume_from is not None:
-            read_checkpoint(resume_from)  # a truncated file stops here, before anything is written
-        result = fit(cfg, job_dir, resume_from)
+            # A truncated file stops here, before anything is written.
+            resume_step = int(read_checkpoint(resume_from).get("global_step", 0))
+        result = fit(cfg, job_dir, resume_from, resume_step)
         summary.update(status="completed", **result)
     except Diverged as exc:  # a result, not an error: the report shows it
         summary.update(status="diverged", diverged_epoch=exc.epoch, error=str(exc))
@@ -225,8 +244,17 @@ def run_job(cfg: DictConfig) -> dict[str, Any]:
     finally:
         finish_wandb()
         summary["wall_s"] = time.time() - start
-        write_json_atomic(job_dir / "summary.json", summary)
+        try:
+            write_json_atomic(job_dir / "summary.json", summary)
+        except OSError as exc:
+            error = error or exc
     if error is not None:
+        reason = unwritable_reason(error)
+        if reason is not None:  # the folder, not the job, is at fault
+            raise UserError(
+                f"hydra.run.dir: cannot write to {job_dir} ({reason}); free space there or"
+                " set hydra.run.dir (hydra.sweep.dir for sweeps) to another folder"
+            ) from error
         raise error
     if preempted is not None:
         preempted.hand_on()

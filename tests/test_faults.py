@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import csv
 import json
 import os
 import signal
@@ -62,3 +63,121 @@ def test_a_signal_saves_a_checkpoint_mid_epoch_and_the_rerun_finishes(signum, tm
     assert "resuming from" in rerun.stdout + rerun.stderr
     summary = json.loads((job / "summary.json").read_text())
     assert summary["status"] == "completed" and summary["epochs"] == 8
+    # The CSV history from before the signal is kept: every epoch has its validation row.
+    with open(job / "csv" / "metrics.csv", newline="") as f:
+        epochs = [float(r["epoch"]) for r in csv.DictReader(f) if r.get("val/acc")]
+    assert epochs == list(range(8))
+
+
+@pytest.fixture
+def tmpfs(tmp_path):
+    """Mount a small tmpfs: ``mount(name, size, read_only)`` returns its folder."""
+    mounted: list[Path] = []
+
+    def mount(name: str, size: str = "1m", read_only: bool = False) -> Path:
+        where = tmp_path / name
+        where.mkdir()
+        options = f"size={size}" + (",ro" if read_only else "")
+        done = subprocess.run(
+            ["mount", "-t", "tmpfs", "-o", options, "tmpfs", str(where)],
+            capture_output=True,
+            text=True,
+        )
+        if done.returncode != 0:
+            message = f"cannot mount a tmpfs (needs root): {done.stderr.strip()}"
+            if os.environ.get("CI") == "true":
+                pytest.fail(message, pytrace=False)
+            pytest.skip(message)
+        mounted.append(where)
+        return where
+
+    yield mount
+    for where in mounted:
+        subprocess.run(["umount", str(where)], capture_output=True)
+
+
+def _one_error_line(result: subprocess.CompletedProcess) -> str:
+    assert result.returncode == 2, result.stderr[-2000:]
+    assert "Traceback" not in result.stderr
+    (line,) = [x for x in result.stderr.splitlines() if x.startswith("error:")]
+    return line
+
+
+@pytest.mark.parametrize("multirun", [False, True])
+def test_a_read_only_output_folder_is_one_line_before_anything_runs(multirun, tmpfs, tmp_path):
+    read_only = tmpfs("ro", read_only=True)
+    key = "hydra.sweep.dir" if multirun else "hydra.run.dir"
+    args = (["-m"] if multirun else []) + [*TRAIN, "debug=tiny", f"{key}={read_only / 'job'}"]
+    line = _one_error_line(run_cli(args, cwd=tmp_path))
+    assert key in line and "read-only file system" in line
+
+
+def test_an_output_folder_below_a_file_is_one_line(tmp_path):
+    (tmp_path / "results").write_text("a file where a folder should be")
+    result = run_cli(
+        [*TRAIN, "debug=tiny", f"hydra.run.dir={tmp_path / 'results' / 'job'}"], cwd=tmp_path
+    )
+    line = _one_error_line(result)
+    assert "hydra.run.dir" in line and "not a folder" in line
+
+
+def test_a_full_disk_mid_training_is_one_line_and_leaves_no_half_written_file(tmpfs, tmp_path):
+    # Room for the configs, logs and summary, not for a 2 MB checkpoint of a ResNet-20.
+    full = tmpfs("full", size="400k")
+    job = full / "job"
+    line = _one_error_line(
+        run_cli([*TRAIN, "model.depth=20", "debug=tiny", f"hydra.run.dir={job}"], cwd=tmp_path)
+    )
+    assert "hydra.run.dir" in line and "no space left" in line
+    for ckpt in job.rglob("*.ckpt"):  # every checkpoint there is whole
+        torch.load(ckpt, map_location="cpu", weights_only=True)
+    assert not list(job.rglob("*.tmp")), "a temporary file was left behind"
+    summary = json.loads((job / "summary.json").read_text())
+    assert summary["status"] == "failed" and "No space left" in summary["error"]
+
+
+def test_csv_rows_survive_a_resume_and_a_torn_row_is_cut(tmp_path):
+    from resnet_dyn.loggers import SafeCSVLogger
+
+    logger = SafeCSVLogger(save_dir=tmp_path, name="csv", version="")
+    for step in range(3):
+        logger.log_metrics({"loss": 1.0 / (step + 1)}, step=step)
+    logger.save()
+    path = tmp_path / "csv" / "metrics.csv"
+    with open(path, "a") as f:
+        f.write("0.2")  # a row cut short by a kill: no newline
+    # Resumed from a checkpoint at step 2: steps 0 and 1 are history, step 2 is logged again.
+    resumed = SafeCSVLogger(save_dir=tmp_path, name="csv", version="", resume_step=2)
+    resumed.log_metrics({"loss": 0.3}, step=2)
+    resumed.save()
+    resumed.log_metrics({"loss": 0.25, "acc": 0.5}, step=3)  # a new column: a rewrite
+    resumed.save()
+    rows = path.read_text().splitlines()
+    assert rows == ["acc,loss,step", ",1.0,0", ",0.5,1", ",0.3,2", "0.5,0.25,3"]
+    # A fresh run in the same folder starts a fresh file, as Lightning's logger does.
+    fresh = SafeCSVLogger(save_dir=tmp_path, name="csv", version="")
+    fresh.log_metrics({"loss": 9.0}, step=0)
+    fresh.save()
+    assert path.read_text().splitlines() == ["loss,step", "9.0,0"]
+
+
+def test_no_secret_from_the_environment_is_written_anywhere(tmp_path):
+    # A W&B key and another secret in the environment, as on a cluster node.
+    key, token = "0123456789abcdef" * 2 + "feedface", "s3cr3t-token-4242"
+    sweep = tmp_path / "sweep"
+    args = ["-m", "model.depth=8", "debug=tiny", "callbacks=all_analyses",
+            "trainer.enable_progress_bar=false", f"hydra.sweep.dir={sweep}"]  # fmt: skip
+    secrets = {"WANDB_API_KEY": key, "MY_SERVICE_TOKEN": token}
+    result = run_cli(args, cwd=tmp_path, env=secrets)
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert list(sweep.glob("0/wandb/offline-run-*/run-*.wandb"))  # a real offline run
+    report = run_cli([str(sweep)], cwd=tmp_path, module="resnet_dyn.report", env=secrets)
+    assert report.returncode == 0, report.stderr[-2000:]
+    files = [p for p in sweep.rglob("*") if p.is_file()]
+    assert len(files) > 20 and any(p.name == "report.html" for p in files)
+    for path in files:
+        data = path.read_bytes()
+        for secret in (key, token):
+            assert secret.encode() not in data, f"{secret} written into {path}"
+    for secret in (key, token):
+        assert secret not in result.stdout + result.stderr + report.stdout + report.stderr

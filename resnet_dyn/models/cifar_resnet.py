@@ -17,7 +17,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from resnet_dyn.errors import ConfigError, check_positive
+from resnet_dyn.errors import ConfigError, check_bool, check_positive
 from resnet_dyn.models.base import (
     ResidualNet,
     ResidualUnit,
@@ -110,6 +110,7 @@ class CifarResNet(ResidualNet):
             raise ConfigError("model.width", "a positive integer channel multiplier", width)
         if shortcut not in ("A", "B"):
             raise ConfigError("model.shortcut", "A or B", shortcut)
+        check_bool("model.preact", preact)
         check_positive("model.skip_scale", skip_scale, allow_zero=True)
         check_positive("model.weight_scale", weight_scale)
         in_channels, _, _ = check_input_shape(input_shape, 3)

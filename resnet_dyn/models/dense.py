@@ -18,7 +18,7 @@ from collections.abc import Sequence
 
 from torch import nn
 
-from resnet_dyn.errors import ConfigError, check_positive
+from resnet_dyn.errors import ConfigError, check_bool, check_positive
 from resnet_dyn.models.base import (
     ResidualNet,
     ResidualUnit,
@@ -70,6 +70,8 @@ class DenseResNet(ResidualNet):
         check_positive("model.skip_scale", skip_scale, allow_zero=True)
         check_positive("model.weight_scale", weight_scale)
         make_activation(activation)  # validates the name before anything is built
+        check_bool("model.tied", tied)
+        check_bool("model.input_projection", input_projection, optional=True)
         in_features = math.prod(int(s) for s in input_shape)
         project = in_features != width if input_projection is None else input_projection
         if not project and in_features != width:
@@ -161,6 +163,7 @@ class DeepResNet(ResidualNet):
             raise ConfigError("model.block", "fc or conv", block)
         if block == "conv" and len(input_shape) != 3:
             raise ConfigError("model.block", "fc for inputs that are not images", block)
+        check_bool("model.batch_norm", batch_norm)
         check_positive("model.skip_scale", skip_scale, allow_zero=True)
         check_positive("model.weight_scale", weight_scale)
         make_activation(activation)
