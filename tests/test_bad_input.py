@@ -88,6 +88,7 @@ CASES: list[tuple[list[str], str]] = [
     ([*FOLDER, "data.channels=2"], "data.channels"),
     ([*FOLDER, "data.image_size=0"], "data.image_size"),
     ([*FOLDER, "data.classes=[a,a]"], "data.classes"),
+    ([*FOLDER, "data.convert=maybe"], "data.convert"),
     # optim
     (["optim.lr=0"], "optim.lr"),
     (["optim.lr=-0.1"], "optim.lr"),

@@ -300,7 +300,7 @@ def test_image_folder_labels_follow_the_class_list(tmp_path):
     )
 
     grey = ImageFolderDataModule(
-        tmp_path, image_size=4, channels=1, mean=[0.5], std=[0.5], batch_size=2
+        tmp_path, image_size=4, channels=1, convert=True, mean=[0.5], std=[0.5], batch_size=2
     )
     assert grey.input_shape == (1, 4, 4) and grey.probe_batch(5)[0].shape == (5, 1, 4, 4)
 
@@ -312,6 +312,7 @@ def test_image_folder_labels_follow_the_class_list(tmp_path):
         ({"cat/a.png": "png", "cat/notes.txt": b"hello"}, "data.root", "cat/notes.txt"),
         ({"cat/a.png": "png", "ship/b.png": "big"}, "data.image_size", "ship/b.png"),
         ({"cat/a.png": "png", "bird/c.png": "png"}, "data.classes", "bird"),
+        ({"cat/a.png": "png", "cat/g.png": "grey"}, "data.channels", "cat/g.png"),
         ({"cat/.keep": b""}, "data.root", "no images"),
         ({"notes.txt": b"no folders"}, "data.root", "no class folders"),
         ({}, "data.root", "not found"),
@@ -326,6 +327,8 @@ def test_image_folder_problems_are_one_line(layout, key, named, tmp_path):
             write_png(path, (10, 20, 30))
         elif content == "big":
             write_png(path, (10, 20, 30), size=(16, 16))
+        elif content == "grey":
+            Image.new("L", (8, 6), 128).save(path)
         else:
             path.write_bytes(content)
     with pytest.raises(DataError) as info:

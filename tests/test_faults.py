@@ -165,7 +165,9 @@ def test_no_secret_from_the_environment_is_written_anywhere(tmp_path):
     # A W&B key and another secret in the environment, as on a cluster node.
     key, token = "0123456789abcdef" * 2 + "feedface", "s3cr3t-token-4242"
     sweep = tmp_path / "sweep"
-    args = ["-m", "model.depth=8", "debug=tiny", "callbacks=all_analyses",
+    # A marker passed as a tag shows the scan below does see what the configs carry.
+    marker = "visible-marker-7531"
+    args = ["-m", "model.depth=8", "debug=tiny", "callbacks=all_analyses", f"tags=[{marker}]",
             "trainer.enable_progress_bar=false", f"hydra.sweep.dir={sweep}"]  # fmt: skip
     secrets = {"WANDB_API_KEY": key, "MY_SERVICE_TOKEN": token}
     result = run_cli(args, cwd=tmp_path, env=secrets)
@@ -175,9 +177,13 @@ def test_no_secret_from_the_environment_is_written_anywhere(tmp_path):
     assert report.returncode == 0, report.stderr[-2000:]
     files = [p for p in sweep.rglob("*") if p.is_file()]
     assert len(files) > 20 and any(p.name == "report.html" for p in files)
+    seen = set()
     for path in files:
         data = path.read_bytes()
+        if marker.encode() in data:
+            seen.add(path.suffix)
         for secret in (key, token):
             assert secret.encode() not in data, f"{secret} written into {path}"
+    assert {".json", ".wandb", ".yaml"} <= seen, seen
     for secret in (key, token):
         assert secret not in result.stdout + result.stderr + report.stdout + report.stderr

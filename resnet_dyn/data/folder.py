@@ -20,7 +20,7 @@ from torchvision.datasets import ImageFolder
 from torchvision.transforms.v2.functional import pil_to_tensor
 
 from resnet_dyn.data.base import BaseDataModule, Split, TensorImages, check_int
-from resnet_dyn.errors import ConfigError, DataError
+from resnet_dyn.errors import ConfigError, DataError, check_bool
 
 
 def _visible(path: str) -> bool:
@@ -28,11 +28,16 @@ def _visible(path: str) -> bool:
     return not Path(path).name.startswith(".")
 
 
+GREY_MODES = ("1", "L", "LA", "La", "I", "I;16", "F")  # PIL modes of one colour channel
+
+
 class _ClassFolders(ImageFolder):
     """``ImageFolder`` whose labels follow a given class list, and which reads every file."""
 
-    def __init__(self, root: Path, classes: list[str] | None, mode: str, size: int | None):
-        self.fixed_classes, self.mode, self.size = classes, mode, size
+    def __init__(
+        self, root: Path, classes: list[str] | None, mode: str, size: int | None, convert: bool
+    ):
+        self.fixed_classes, self.mode, self.size, self.convert = classes, mode, size, convert
         super().__init__(
             str(root),
             loader=self.read,
@@ -58,10 +63,20 @@ class _ClassFolders(ImageFolder):
     def read(self, path: str) -> torch.Tensor:
         try:
             with Image.open(path) as image:
-                image = image.convert(self.mode)
+                grey = image.mode in GREY_MODES
+                if not self.convert and grey != (self.mode == "L"):
+                    kind, want = ("greyscale", 1) if grey else ("colour", 3)
+                    raise DataError(
+                        f"data.channels: {path} is a {kind} image (mode {image.mode}), not"
+                        f" {self.mode}; set data.channels={want}, or data.convert=true to"
+                        " convert every image"
+                    )
+                image = image.convert(self.mode)  # drops an alpha channel
                 if self.size is not None:
                     image = image.resize((self.size, self.size), Image.Resampling.BILINEAR)
                 return pil_to_tensor(image)
+        except DataError:
+            raise
         except UnidentifiedImageError as exc:
             raise DataError(f"data.root: {path} is not an image PIL can read") from exc
         except OSError as exc:  # truncated or otherwise broken image files
@@ -69,7 +84,11 @@ class _ClassFolders(ImageFolder):
 
 
 class ImageFolderDataModule(BaseDataModule):
-    """Images from ``root/<class>/*``, converted to ``channels`` and optionally resized."""
+    """Images from ``root/<class>/*`` with ``channels`` colour channels, optionally resized.
+
+    An image with another number of channels (greyscale among colour images, say) is an
+    error naming the file, unless ``convert`` converts every image to ``channels``.
+    """
 
     def __init__(
         self,
@@ -77,6 +96,7 @@ class ImageFolderDataModule(BaseDataModule):
         classes: Sequence[str] | None = None,
         image_size: int | None = None,
         channels: int = 3,
+        convert: bool = False,
         batch_size: int = 16,
         num_workers: int = 0,
         fraction: float = 1.0,
@@ -87,6 +107,7 @@ class ImageFolderDataModule(BaseDataModule):
     ) -> None:
         if channels not in (1, 3) or isinstance(channels, bool):
             raise ConfigError("data.channels", "1 (grey) or 3 (RGB)", channels)
+        check_bool("data.convert", convert)
         if augment is not False:
             raise ConfigError("data.augment", "false (image folders are not augmented)", augment)
         super().__init__(
@@ -115,7 +136,10 @@ class ImageFolderDataModule(BaseDataModule):
             raise DataError(
                 f"data.root: folder {self.root} not found (expected {self.root}/<class>/<image>)"
             )
-        folders = _ClassFolders(self.root, classes, "RGB" if channels == 3 else "L", image_size)
+        mode = "RGB" if channels == 3 else "L"
+        folders = _ClassFolders(
+            self.root, classes, mode, image_size, check_bool("data.convert", convert)
+        )
         self.classes: list[str] = list(folders.classes)
         self.num_classes = len(self.classes)
         self.files = [Path(path) for path, _ in folders.samples]
