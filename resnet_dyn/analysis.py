@@ -15,8 +15,9 @@ from typing import Any
 
 import numpy as np
 import torch
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig
 
+from resnet_dyn.config_checks import MAPS, check_analysis_config
 from resnet_dyn.dynamics import accuracy, analyze_stages, analyze_units, spectra_arrays
 from resnet_dyn.dynamics import with_intervention as intervene
 from resnet_dyn.errors import ConfigError
@@ -24,30 +25,12 @@ from resnet_dyn.io import write_bytes_atomic
 from resnet_dyn.models import ResidualNet
 from resnet_dyn.plots import sorted_spectra, spectrum_histograms, unit_curves
 
-MAPS = ("sum", "unit", "stage")
 Advance = Callable[[str], None]
 
 
 def check_analysis(acfg: DictConfig, net: ResidualNet) -> dict[str, Any]:
     """Validate ``analysis.*`` against ``net``; the normalised options."""
-    a = OmegaConf.to_container(acfg, resolve=True)
-    if not isinstance(a["images"], int) or a["images"] < 1:
-        raise ConfigError("analysis.images", "a positive number of images", a["images"])
-    maps = [a["maps"]] if isinstance(a["maps"], str) else list(a["maps"])
-    if not maps or any(m not in MAPS for m in maps):
-        raise ConfigError("analysis.maps", f"a list drawn from {list(MAPS)}", a["maps"])
-    units = a["units"]
-    n = len(net.units)
-    if units != "all":
-        units = [units] if isinstance(units, int) else units
-        if not isinstance(units, list) or not units:
-            raise ConfigError("analysis.units", f"all or a list of indices in [0, {n - 1}]", units)
-        for k in units:
-            if not isinstance(k, int) or not 0 <= k < n:
-                raise ConfigError("analysis.units", f"unit indices in [0, {n - 1}]", k)
-    if not isinstance(a["tol"], (int, float)) or not a["tol"] > 0:
-        raise ConfigError("analysis.tol", "a positive number", a["tol"])
-    return {**a, "maps": maps, "units": units}
+    return check_analysis_config(acfg, len(net.units))
 
 
 def probe(

@@ -82,9 +82,10 @@ def check_analysis_config(acfg: DictConfig | dict, num_units: int) -> dict[str, 
     _positive("analysis.identity.epsilon", a["identity"]["epsilon"])
     _int("analysis.noise.images", a["noise"]["images"], 1)
     sigmas = a["noise"]["sigmas"]
-    if not isinstance(sigmas, list) or not sigmas or not all(_number(s) and s > 0 for s in sigmas):
-        raise ConfigError("analysis.noise.sigmas", "a non-empty list of numbers > 0", sigmas)
-    return {**a, "maps": maps}
+    if not isinstance(sigmas, list) or not sigmas or not all(_number(s) and s >= 0 for s in sigmas):
+        raise ConfigError("analysis.noise.sigmas", "a non-empty list of numbers >= 0", sigmas)
+    units = [a["units"]] if isinstance(a["units"], int) else a["units"]
+    return {**a, "maps": maps, "units": units}
 
 
 def check_optimizer(optim: DictConfig, net: nn.Module) -> None:
