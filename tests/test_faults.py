@@ -187,3 +187,26 @@ def test_no_secret_from_the_environment_is_written_anywhere(tmp_path):
     assert {".json", ".wandb", ".yaml"} <= seen, seen
     for secret in (key, token):
         assert secret not in result.stdout + result.stderr + report.stdout + report.stderr
+
+
+def test_sigkill_mid_epoch_then_rerun_ends_with_the_metrics_of_an_uninterrupted_run(tmp_path):
+    args = [*TRAIN, "trainer.max_epochs=4"]
+    whole = run_cli([*args, f"hydra.run.dir={tmp_path / 'whole'}"], cwd=tmp_path)
+    assert whole.returncode == 0, whole.stderr[-2000:]
+    job = tmp_path / "killed"
+    proc = _start([*args, f"hydra.run.dir={job}"], tmp_path)
+    _wait_for(job / "checkpoints" / "last.ckpt", proc)  # epoch 0 is done
+    time.sleep(0.2)  # into epoch 1
+    proc.kill()
+    proc.communicate()
+    assert not (job / "summary.json").exists()  # it did not finish
+    rerun = run_cli([*args, f"hydra.run.dir={job}"], cwd=tmp_path)
+    assert rerun.returncode == 0, rerun.stderr[-2000:]
+    assert "resuming from" in rerun.stdout + rerun.stderr
+    expected = json.loads((tmp_path / "whole" / "summary.json").read_text())["metrics"]
+    resumed = json.loads((job / "summary.json").read_text())["metrics"]
+    # Same seed on the CPU: the data order and augmentation of each epoch depend only on
+    # (seed, epoch), so the resumed run retraces the uninterrupted one.
+    assert resumed.keys() == expected.keys()
+    for name, value in expected.items():
+        assert resumed[name] == pytest.approx(value, rel=1e-6, abs=1e-7), name
