@@ -1,11 +1,16 @@
 """What every datamodule shares: argument checks, seeded splits and subsets, loaders, probe batches.
 
 A subclass sets ``input_shape`` and ``num_classes`` in ``__init__`` (the model is built from them
-before any data is read) and implements :meth:`BaseDataModule.load_splits`.
+before any data is read) and implements :meth:`BaseDataModule.load_splits`. One whose images are
+uint8 levels also implements :meth:`BaseDataModule.raw_arrays` and sets the ``resident_*``
+attributes: with ``loader="resident"`` its loaders are then
+:class:`~resnet_dyn.data.resident.ResidentLoader` on the training device.
 """
 
 from __future__ import annotations
 
+import logging
+import math
 from collections.abc import Callable, Sequence
 from typing import Any
 
@@ -14,16 +19,29 @@ import torch
 from torch import Tensor
 from torch.utils.data import DataLoader, Dataset, Subset
 
-from resnet_dyn.errors import ConfigError
+from resnet_dyn.data.resident import ResidentLoader, fits
+from resnet_dyn.errors import ConfigError, check_bool
 
 Split = tuple[Dataset, Dataset, Dataset]
+LOADERS = ("resident", "torchvision")
+
+log = logging.getLogger(__name__)
 
 
 class TensorImages(Dataset):
-    """In-memory ``(x, y)`` tensors; ``transform`` (if any) applies to each ``x`` as it is read."""
+    """In-memory ``(x, y)`` tensors; ``transform`` (if any) applies to each ``x`` as it is read.
 
-    def __init__(self, x: Tensor, y: Tensor, transform: Callable[[Tensor], Tensor] | None = None):
-        self.x, self.y, self.transform = x, y, transform
+    ``levels`` (optional): the same images as uint8 levels, for the resident loader.
+    """
+
+    def __init__(
+        self,
+        x: Tensor,
+        y: Tensor,
+        transform: Callable[[Tensor], Tensor] | None = None,
+        levels: Tensor | None = None,
+    ):
+        self.x, self.y, self.transform, self.levels = x, y, transform, levels
 
     def __len__(self) -> int:
         return len(self.y)
@@ -64,10 +82,22 @@ def check_int(key: str, value: Any, minimum: int | None = None) -> int:
     return value
 
 
-def check_bool(key: str, value: Any) -> bool:
-    if not isinstance(value, bool):
-        raise ConfigError(key, "true or false", value)
+def check_loader(value: Any) -> str:
+    if not isinstance(value, str) or value not in LOADERS:
+        raise ConfigError("data.loader", "resident or torchvision", value)
     return value
+
+
+def unwrap(dataset: Dataset) -> tuple[Dataset, Tensor | None]:
+    """The dataset under ``Subset`` and ``Transformed`` layers, and which of its items
+    ``dataset`` holds, in order (None: all of them)."""
+    if isinstance(dataset, Subset):
+        base, inner = unwrap(dataset.dataset)
+        index = torch.as_tensor(dataset.indices, dtype=torch.int64)
+        return base, index if inner is None else inner[index]
+    if isinstance(dataset, Transformed):
+        return unwrap(dataset.dataset)
+    return dataset, None
 
 
 def _numbers(key: str, values: Any, length: int) -> tuple[float, ...]:
@@ -93,10 +123,19 @@ class BaseDataModule(L.LightningDataModule):
     Batches are ``(x float32 normalised, y int64)``; the training loader shuffles, the others
     keep the split order. ``fraction`` < 1 trains on the first part of a seeded permutation of
     the training split, so smaller fractions are subsets of larger ones.
+
+    ``loader``: ``"torchvision"`` serves the datasets through ``DataLoader`` (per-sample
+    transforms, ``num_workers`` processes); ``"resident"`` (only where :meth:`raw_arrays`
+    gives uint8 images) puts the three splits on the training device and augments batches
+    there, falling back to ``"torchvision"`` with a warning when they would take more than
+    half of its free memory (:data:`resnet_dyn.data.resident.MEMORY_FRACTION`).
     """
 
     input_shape: tuple[int, ...]
     num_classes: int
+    resident_padding: int = 0  # random-crop padding of resident training batches when augmenting
+    resident_flip: bool = False  # whether resident training batches are mirrored when augmenting
+    resident_max_value: int = 255  # the uint8 level that means 1.0
 
     def __init__(
         self,
@@ -109,6 +148,7 @@ class BaseDataModule(L.LightningDataModule):
         std: Sequence[float],
         augment: bool,
         channels: int,
+        loader: str = "torchvision",
     ) -> None:
         super().__init__()
         self.batch_size = check_int("data.batch_size", batch_size, minimum=1)
@@ -120,7 +160,9 @@ class BaseDataModule(L.LightningDataModule):
         self.seed = check_int("data.seed", seed)
         self.mean, self.std = check_stats(mean, std, channels)
         self.augment = check_bool("data.augment", augment)
+        self.loader = check_loader(loader)
         self._splits: Split | None = None
+        self._resident: dict[str, tuple[tuple[Tensor, Tensor], ...] | None] = {}
 
     def load_splits(self) -> Split:
         """Return the full ``(train, val, test)`` datasets; called once, by :meth:`setup`."""
@@ -167,14 +209,87 @@ class BaseDataModule(L.LightningDataModule):
             persistent_workers=self.num_workers > 0,
         )
 
-    def train_dataloader(self) -> DataLoader:
-        return self._loader(self.train_set, shuffle=True)
+    def raw_arrays(self, base: Dataset) -> tuple[Tensor, Tensor] | None:
+        """All of ``base`` (a dataset under the splits' ``Subset``/``Transformed`` layers) as
+        ``(uint8 (N, C, H, W) levels, int64 labels)``; None: no resident loader."""
+        if isinstance(base, TensorImages) and base.levels is not None:
+            return base.levels, base.y
+        return None
 
-    def val_dataloader(self) -> DataLoader:
-        return self._loader(self.val_set, shuffle=False)
+    def _device(self) -> torch.device:
+        trainer = getattr(self, "trainer", None)
+        return trainer.strategy.root_device if trainer is not None else torch.device("cpu")
 
-    def test_dataloader(self) -> DataLoader:
-        return self._loader(self.test_set, shuffle=False)
+    def resident_splits(self, device: torch.device) -> tuple[tuple[Tensor, Tensor], ...] | None:
+        """``(images, labels)`` of train, val and test on ``device``, once per device; None
+        when ``loader`` is torchvision, there are no uint8 levels, or they do not fit."""
+        if self.loader != "resident":
+            return None
+        key = str(device)
+        if key not in self._resident:
+            self._resident[key] = self._place(device)
+        return self._resident[key]
+
+    def _place(self, device: torch.device) -> tuple[tuple[Tensor, Tensor], ...] | None:
+        splits = [unwrap(self._split(i)) for i in range(3)]
+        raws: dict[int, tuple[Tensor, Tensor] | None] = {}
+        for base, _ in splits:
+            if id(base) not in raws:
+                raws[id(base)] = self.raw_arrays(base)
+        if any(raw is None for raw in raws.values()):
+            return None
+        sizes = [len(self._split(i)) for i in range(3)]  # type: ignore[arg-type]
+        nbytes = sum(sizes) * math.prod(self.input_shape)
+        if not fits(nbytes, device):
+            log.warning(
+                "data.loader: the splits (%.0f MiB) do not fit in the free memory of %s;"
+                " using data.loader=torchvision",
+                nbytes / 2**20,
+                device,
+            )
+            return None
+        placed = []
+        for base, index in splits:
+            images, labels = raws[id(base)]  # type: ignore[misc]
+            if index is not None:
+                images, labels = images[index], labels[index]
+            placed.append((images.to(device).contiguous(), labels.to(device, torch.int64)))
+        return tuple(placed)
+
+    def _resident_loader(self, index: int, shuffle: bool) -> ResidentLoader | None:
+        device = self._device()
+        splits = self.resident_splits(device)
+        if splits is None:
+            return None
+        augment = shuffle and self.augment
+        trainer = getattr(self, "trainer", None)
+        return ResidentLoader(
+            *splits[index],
+            batch_size=self.batch_size,
+            mean=self.mean,
+            std=self.std,
+            max_value=self.resident_max_value,
+            shuffle=shuffle,
+            padding=self.resident_padding if augment else 0,
+            flip=self.resident_flip and augment,
+            seed=self.seed,
+            device=device,
+            rank=trainer.global_rank if trainer is not None else 0,
+            world_size=trainer.world_size if trainer is not None else 1,
+        )
+
+    def _either(self, index: int, shuffle: bool) -> DataLoader | ResidentLoader:
+        resident = self._resident_loader(index, shuffle)
+        return resident if resident is not None else self._loader(self._split(index), shuffle)
+
+    def train_dataloader(self) -> DataLoader | ResidentLoader:
+        return self._either(0, shuffle=True)
+
+    def val_dataloader(self) -> DataLoader | ResidentLoader:
+        return self._either(1, shuffle=False)
+
+    def test_dataloader(self) -> DataLoader | ResidentLoader:
+        return self._either(2, shuffle=False)
 
     def probe_batch(self, n: int) -> tuple[Tensor, Tensor]:
         """The first ``n`` normalised test examples and their labels, the same on every call."""

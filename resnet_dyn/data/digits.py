@@ -25,8 +25,11 @@ class DigitsDataModule(BaseDataModule):
     """Digits 0-9 as ``(1, 8, 8)`` images in [0, 1], normalised by ``mean``/``std``.
 
     ``augment`` shifts each training image by up to one pixel (no flips: digits are not
-    mirror-symmetric).
+    mirror-symmetric). ``loader="resident"`` keeps the pixel levels 0..16 as uint8 and shifts
+    and normalises whole batches; ``loader="torchvision"`` shifts each normalised image.
     """
+
+    resident_padding, resident_flip, resident_max_value = 1, False, 16
 
     def __init__(
         self,
@@ -37,6 +40,7 @@ class DigitsDataModule(BaseDataModule):
         mean: Sequence[float] = (0.3053,),
         std: Sequence[float] = (0.3760,),
         augment: bool = False,
+        loader: str = "resident",
     ) -> None:
         super().__init__(
             batch_size=batch_size,
@@ -47,6 +51,7 @@ class DigitsDataModule(BaseDataModule):
             std=std,
             augment=augment,
             channels=1,
+            loader=loader,
         )
         self.input_shape = (1, 8, 8)
         self.num_classes = 10
@@ -54,6 +59,7 @@ class DigitsDataModule(BaseDataModule):
 
     def load_splits(self) -> Split:
         digits = load_digits()
+        levels = torch.tensor(digits.images, dtype=torch.uint8).unsqueeze(1)  # 0..16
         x = torch.tensor(digits.images / 16.0, dtype=torch.float32).unsqueeze(1)
         x = (x - self.mean[0]) / self.std[0]
         y = torch.tensor(digits.target, dtype=torch.int64)
@@ -72,7 +78,7 @@ class DigitsDataModule(BaseDataModule):
             background = -self.mean[0] / self.std[0]  # a zero pixel, after normalisation
             shift = v2.RandomCrop(8, padding=1, fill=background)
         return (
-            TensorImages(x[train], y[train], shift),
-            TensorImages(x[val], y[val]),
-            TensorImages(x[test], y[test]),
+            TensorImages(x[train], y[train], shift, levels=levels[train]),
+            TensorImages(x[val], y[val], levels=levels[val]),
+            TensorImages(x[test], y[test], levels=levels[test]),
         )

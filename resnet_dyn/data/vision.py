@@ -6,6 +6,11 @@
 Nothing is downloaded unless ``download`` is true. Missing files stop the run with one line
 that names the folder and the files expected there. ``val_size`` images of the training
 split, chosen by ``seed``, are held out for validation (without augmentation).
+
+``loader="resident"`` (the default) reads the pixel arrays once into one uint8 tensor per
+split on the training device and crops, flips and normalises whole batches there;
+``loader="torchvision"`` applies the v2 transforms to each PIL image in a ``DataLoader``.
+Both give the same values and the same augmentation distribution.
 """
 
 from __future__ import annotations
@@ -17,6 +22,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from torch import Tensor
 from torch.utils.data import Dataset, Subset
 from torchvision import datasets
 from torchvision.transforms import v2
@@ -66,6 +72,7 @@ class TorchvisionDataModule(BaseDataModule):
         augment: bool | None = None,
         download: bool = False,
         val_size: int = 5000,
+        loader: str = "resident",
     ) -> None:
         super().__init__(
             batch_size=batch_size,
@@ -76,7 +83,9 @@ class TorchvisionDataModule(BaseDataModule):
             std=self.stats[1] if std is None else std,
             augment=self.augment_default if augment is None else augment,
             channels=self.shape[0],
+            loader=loader,
         )
+        self.resident_padding, self.resident_flip = self.padding, self.flip
         if not isinstance(data_dir, (str, Path)) or not str(data_dir):
             raise ConfigError("data.data_dir", "a folder path", data_dir)
         self.data_dir = Path(data_dir).expanduser()
@@ -88,6 +97,13 @@ class TorchvisionDataModule(BaseDataModule):
     def open(self, train: bool, download: bool = False) -> Dataset:
         """The torchvision dataset of one split, returning ``(PIL image, label)``."""
         raise NotImplementedError
+
+    def arrays(self, dataset: Any) -> tuple[Tensor, Tensor]:
+        """A torchvision dataset of :meth:`open` as ``(uint8 (N, C, H, W), int64 labels)``."""
+        raise NotImplementedError
+
+    def raw_arrays(self, base: Dataset) -> tuple[Tensor, Tensor] | None:
+        return self.arrays(base) if isinstance(base, datasets.VisionDataset) else None
 
     @property
     def location(self) -> Path:
@@ -190,6 +206,14 @@ class MNISTDataModule(TorchvisionDataModule):
     def open(self, train: bool, download: bool = False) -> Dataset:
         return datasets.MNIST(self.data_dir, train=train, download=download)
 
+    def arrays(self, dataset: Any) -> tuple[Tensor, Tensor]:
+        return dataset.data.unsqueeze(1), torch.as_tensor(dataset.targets, dtype=torch.int64)
+
+
+def _cifar_arrays(dataset: Any) -> tuple[Tensor, Tensor]:
+    images = torch.from_numpy(dataset.data).permute(0, 3, 1, 2).contiguous()  # HWC -> CHW
+    return images, torch.as_tensor(dataset.targets, dtype=torch.int64)
+
 
 class CIFAR10DataModule(TorchvisionDataModule):
     """CIFAR-10, ``(3, 32, 32)``: 50,000 training images (45,000 + 5,000 validation), 10,000 test.
@@ -206,6 +230,9 @@ class CIFAR10DataModule(TorchvisionDataModule):
     def open(self, train: bool, download: bool = False) -> Dataset:
         return datasets.CIFAR10(self.data_dir, train=train, download=download)
 
+    def arrays(self, dataset: Any) -> tuple[Tensor, Tensor]:
+        return _cifar_arrays(dataset)
+
 
 class CIFAR100DataModule(TorchvisionDataModule):
     """CIFAR-100 (fine labels), ``(3, 32, 32)``, 100 classes; otherwise as CIFAR-10."""
@@ -218,6 +245,9 @@ class CIFAR100DataModule(TorchvisionDataModule):
 
     def open(self, train: bool, download: bool = False) -> Dataset:
         return datasets.CIFAR100(self.data_dir, train=train, download=download)
+
+    def arrays(self, dataset: Any) -> tuple[Tensor, Tensor]:
+        return _cifar_arrays(dataset)
 
 
 class SVHNDataModule(TorchvisionDataModule):
@@ -235,3 +265,7 @@ class SVHNDataModule(TorchvisionDataModule):
     def open(self, train: bool, download: bool = False) -> Dataset:
         split = "train" if train else "test"
         return datasets.SVHN(self.data_dir, split=split, download=download)
+
+    def arrays(self, dataset: Any) -> tuple[Tensor, Tensor]:
+        labels = torch.as_tensor(dataset.labels, dtype=torch.int64)
+        return torch.from_numpy(dataset.data), labels  # already (N, 3, 32, 32)
