@@ -34,7 +34,11 @@ from resnet_dyn.dynamics import (
     unit_states,
     with_intervention,
 )
+from resnet_dyn.dynamics.analyze import all_singular_values
+from resnet_dyn.dynamics.gridlu import GridLU, dissection
 from resnet_dyn.dynamics.maps import UnitMap
+from resnet_dyn.dynamics.spectrum import zero_rows
+from resnet_dyn.errors import ConfigError
 from resnet_dyn.models import CifarResNet, DeepResNet, DenseResNet, ResidualUnit
 
 
@@ -349,3 +353,69 @@ def test_interventions_act_on_a_copy() -> None:
     ]
     assert rows[2]["accuracy"] == accuracy(net, inputs, y)
     assert rows[0]["results"][0]["sum"]["sigma_max"] != rows[2]["results"][0]["sum"]["sigma_max"]
+
+
+def test_nested_dissection_lu_solves_like_dense() -> None:
+    net = cifar(depth=8, size=8).double()
+    x = unit_states(net, torch.randn(1, 3, 8, 8, dtype=torch.float64))[0][0]
+    f = unit_map(net, 0, x, "sum")  # 16x8x8, a 5x5 window
+    J = jacobian(f).matrix
+    # Every pixel is eliminated exactly once, each region before its separator.
+    nodes = dissection(8, 8, (2, 2), 16, leaf=64)
+    assert len(nodes) > 3
+    assert sorted(torch.cat([s for s, _, _ in nodes]).tolist()) == list(range(64))
+    lu = GridLU.factor(J, f.in_shape, (2, 2), leaf=64)
+    B = torch.randn(3, 1024, dtype=torch.float64)
+    torch.testing.assert_close(lu.solve(B), torch.linalg.solve(J, B.T).T, atol=1e-9, rtol=0)
+    torch.testing.assert_close(lu.solve_t(B), torch.linalg.solve(J.T, B.T).T, atol=1e-9, rtol=0)
+
+
+def test_shift_invert_smallest_singular_values_match_svdvals() -> None:
+    net = cifar(depth=8, size=8).double()
+    with torch.no_grad():
+        net.units[0].branch[1].bias -= 1.0  # most ReLUs off: a cluster at sigma = 1
+    states = unit_states(net, torch.randn(1, 3, 8, 8, dtype=torch.float64))
+    x = states[0][0]
+    f = unit_map(net, 0, x, "sum")
+    exact = torch.linalg.svdvals(reference(f))
+    inv = extreme_singular_values(f, 6, "smallest", vectors=True, tol=1e-9)["smallest"]
+    assert inv.method == "shift_invert" and inv.converged
+    torch.testing.assert_close(inv.values, exact.flip(0)[:6], atol=1e-10, rtol=0)
+    assert (inv.residuals < 1e-9).all()
+    # The default stop (1e-6) loses nothing in the values: Rayleigh-Ritz with J squares it.
+    fast = extreme_singular_values(f, 6, "smallest")["smallest"]
+    torch.testing.assert_close(fast.values, exact.flip(0)[:6], atol=1e-9, rtol=0)
+    J = reference(f)
+    v = inv.vectors.reshape(6, -1)
+    torch.testing.assert_close((v @ J.T).norm(dim=1), inv.values, atol=1e-9, rtol=0)
+    gram = extreme_singular_values(f, 6, "smallest", method="gram")["smallest"]
+    assert gram.method == "gram"
+    torch.testing.assert_close(gram.values, inv.values, atol=1e-6, rtol=0)
+    # The largest end of a float32 map stays in float32, accurate to ~1e-6 relative.
+    f32 = unit_map(cifar(depth=8, size=8), 0, x.float(), "sum")
+    top = extreme_singular_values(f32, 4, "largest")["largest"]
+    exact32 = torch.linalg.svdvals(reference(f32).double())[:4]
+    assert ((top.values - exact32).abs() / exact32).max() < 1e-5
+    wide = unit_map(net, 1, states[1][0], "sum")
+    with pytest.raises(ConfigError):
+        extreme_singular_values(wide, 2, "smallest", method="shift_invert")
+
+
+def test_zero_rows_are_exact_zero_singular_values() -> None:
+    net = cifar(depth=8, size=8)
+    x = unit_states(net, torch.randn(1, 3, 8, 8))[0][0]
+    f = unit_map(net, 0, x, "unit")  # D J_sum: rows behind an off ReLU vanish
+    J = reference(f)
+    zero = zero_rows(f)
+    assert 0 < int(zero.sum()) < f.dim_out
+    assert torch.equal(zero, J.abs().amax(1) == 0)
+    exact = torch.linalg.svdvals(J.double())
+    torch.testing.assert_close(all_singular_values(J), exact, atol=1e-5, rtol=0)
+    slq = map_spectrum(f, method="slq").stats
+    dense = spectrum_stats(exact)
+    assert slq["method"] == "slq+zero_rows" and slq["sigma_min"] == 0 and slq["converged"]
+    assert slq["sigma_max"] == pytest.approx(dense["sigma_max"], rel=1e-6)
+    assert slq["frac_zero"] >= int(zero.sum()) / f.dim_out
+    for key in ("frac_one", "frac_gt_one", "frac_zero"):
+        bound = 4 * slq[f"{key}_err"] + slq[f"{key}_unresolved"] + 0.02
+        assert abs(slq[key] - dense[key]) <= bound, key

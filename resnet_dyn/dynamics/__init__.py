@@ -6,7 +6,8 @@
 
 Building blocks: :mod:`.maps` (unit/stage maps of one image), :mod:`.window`
 (receptive windows), :mod:`.jacobian` (dense and colored Jacobians), :mod:`.krylov`
-(block Lanczos, SLQ), :mod:`.spectrum` (singular values), :mod:`.stats`,
+(block Lanczos, SLQ), :mod:`.gridlu` (nested-dissection LU of conv Jacobians, for
+shift-invert), :mod:`.spectrum` (singular values), :mod:`.stats`,
 :mod:`.analyze`, :mod:`.interventions`.
 """
 

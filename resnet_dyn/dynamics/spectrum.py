@@ -4,6 +4,7 @@
     >>> ext = extreme_singular_values(f, k=5, which="both", vectors=True)
     >>> ext["largest"].values, ext["smallest"].residuals, ext["largest"].vectors.shape
     >>> quad = singular_value_quadrature(f, probes=16, steps=80)    # for fractions
+    >>> ext["smallest"].method     # "shift_invert" (square maps up to n = 4096) or "gram"
 
 Rectangular maps: J (dim_out x dim_in) has ``min(dim_in, dim_out)`` singular values.
 The matrix-free methods work on the Gram operator of the smaller side, ``J^T J``
@@ -23,7 +24,8 @@ from dataclasses import dataclass
 
 import torch
 
-from resnet_dyn.dynamics.jacobian import jvp_op, vjp_op
+from resnet_dyn.dynamics.gridlu import GridLU
+from resnet_dyn.dynamics.jacobian import jacobian, jvp_op, vjp_op
 from resnet_dyn.dynamics.krylov import (
     EigenPairs,
     MatVec,
@@ -32,6 +34,8 @@ from resnet_dyn.dynamics.krylov import (
     lanczos_quadrature,
 )
 from resnet_dyn.dynamics.maps import UnitMap
+from resnet_dyn.dynamics.window import NonLocalMap, local_window
+from resnet_dyn.errors import ConfigError
 
 
 def dense_singular_values(
@@ -72,9 +76,38 @@ def gram_side(f: UnitMap) -> str:
     return "right" if f.dim_in <= f.dim_out else "left"
 
 
-def gram_operator(f: UnitMap) -> tuple[MatVec, int]:
-    """The Gram operator of the smaller side on float64 row blocks, and its dimension."""
+def zero_rows(f: UnitMap, seed: int = 0) -> torch.Tensor:
+    """Boolean mask (dim_out,) of the rows of J(f) that are exactly zero.
+
+    Such rows (outputs behind a ReLU that is off: the unit map's ``D J_sum``) give exact
+    zeros in ``J t`` for every tangent; a nonzero row does so for a Gaussian ``t`` with
+    probability 0, and for two independent ones never in practice. One batched JVP.
+    """
+    gen = torch.Generator().manual_seed(seed)
+    t = torch.randn(2, *f.in_shape, generator=gen, dtype=torch.float64).to(f.dtype)
+    with torch.no_grad():
+        y = jvp_op(f)(t).reshape(2, -1)
+    return (y == 0).all(0)
+
+
+def gram_operator(f: UnitMap, rows: torch.Tensor | None = None) -> tuple[MatVec, int]:
+    """The Gram operator of the smaller side on float64 row blocks, and its dimension.
+
+    ``rows``: indices of output rows; the operator is then ``J_R J_R^T`` of those rows
+    of J alone (dimension ``len(rows)``), e.g. the rows that are not structurally zero.
+    """
     jv, vj = jvp_op(f), vjp_op(f)
+    if rows is not None:
+        rows = rows.to(torch.long)
+
+        def restricted(U: torch.Tensor) -> torch.Tensor:
+            full = U.new_zeros(U.shape[0], f.dim_out)
+            full[:, rows] = U
+            with torch.no_grad():
+                out = jv(vj(full.to(f.dtype).view(-1, *f.out_shape)))
+            return out.reshape(U.shape[0], -1)[:, rows].to(torch.float64)
+
+        return restricted, rows.numel()
     if gram_side(f) == "right":
         first, second, shape = jv, vj, f.in_shape
     else:
@@ -91,13 +124,22 @@ def gram_operator(f: UnitMap) -> tuple[MatVec, int]:
 @dataclass
 class SingularTriplets:
     """Extreme singular values (from the extreme inwards), the Gram residuals
-    ``||G v - sigma^2 v||`` per value, right singular vectors ``(k, *in_shape)`` if asked."""
+    ``||G v - sigma^2 v||`` per value, right singular vectors ``(k, *in_shape)`` if asked,
+    and how they were found (``method``: "gram", "shift_invert" or "zero_rows")."""
 
     values: torch.Tensor
     residuals: torch.Tensor
     vectors: torch.Tensor | None
     converged: bool
     matvecs: int
+    method: str = "gram"
+
+
+# Largest square map whose smallest singular values "auto" finds by shift-invert: forming
+# and factoring its J takes well under a second there, while the smallest end of the
+# Gram operator, clustered against sigma_max^2, takes thousands of products.
+SHIFT_INVERT_MAX = 4096
+EXTREME_METHODS = ("auto", "gram", "shift_invert")
 
 
 def extreme_singular_values(
@@ -109,35 +151,139 @@ def extreme_singular_values(
     tol: float | None = None,
     block_size: int | None = None,
     max_matvecs: int = 4000,
-    dtype: torch.dtype = torch.float64,
+    dtype: torch.dtype | None = None,
     start: torch.Tensor | None = None,
     seed: int = 0,
+    method: str = "auto",
 ) -> dict[str, SingularTriplets]:
-    """The ``k`` largest and/or smallest singular values of J(f), by block Lanczos on its Gram.
+    """The ``k`` largest and/or smallest singular values of J(f), by block Lanczos.
 
     ``which``: "largest", "smallest" or "both"; the result maps each asked end to its
-    :class:`SingularTriplets`. ``tol`` bounds the Gram residual relative to sigma_max^2;
-    by default 1e-9 in float64 and 1e-5 in float32 (whose products carry ~1e-7 relative
-    noise). ``start``: vectors of the Gram operator's space to begin the Krylov space
-    with. Right singular vectors of a "left" Gram operator are ``J^T u / sigma`` (zero
-    where sigma is 0).
+    :class:`SingularTriplets`. ``method``: "gram" (Lanczos on the Gram operator from
+    JVP/VJP products), "shift_invert" (the smallest end of a square map by Lanczos on
+    ``(J^T J)^-1``, through an LU of J formed by coloring: the smallest sigma become the
+    largest, well separated eigenvalues; then Rayleigh-Ritz with J itself), or "auto":
+    shift-invert for the smallest end of square maps with n <= ``SHIFT_INVERT_MAX``,
+    gram otherwise. ``tol`` bounds the Lanczos residual relative to the largest Ritz
+    value (sigma_max^2, or 1/sigma_min^2 for shift-invert); by default 1e-9 in float64
+    and 1e-3 in float32 (values converge with the square of it). ``dtype`` of the
+    Gram products: float64 by default, but a float32 map asked only for its largest end
+    stays float32 (twice as fast; errors are ~1e-7 relative to sigma_max, i.e. to the
+    values themselves). ``start``: vectors of the Gram operator's space to begin the
+    Krylov space with. Residuals are those of the Gram operator. Right singular vectors
+    of a "left" Gram operator are ``J^T u / sigma`` (zero where sigma is 0).
     """
-    f = f.to(dtype)
+    if which not in ("both", "largest", "smallest"):
+        raise ConfigError("which", "largest, smallest or both", which)
+    if method not in EXTREME_METHODS:
+        raise ConfigError("method", " | ".join(EXTREME_METHODS), method)
+    if dtype is None:
+        dtype = f.dtype if which == "largest" else torch.float64
+    native, f = f, f.to(dtype)
+    # Shift-invert ends in a Rayleigh-Ritz step with J, exact to the subspace's squared
+    # error: its Lanczos needs no tighter default stop than 1e-6.
+    invert_tol = 1e-6 if tol is None else tol
     if tol is None:
-        tol = 1e-9 if f.dtype == torch.float64 else 1e-5
-    matvec, n = gram_operator(f)
-    pairs = block_lanczos(
-        matvec,
-        n,
-        k,
-        which,
-        block_size=block_size,
-        tol=tol,
-        max_matvecs=max_matvecs,
-        start=start,
-        seed=seed,
+        # Ritz values converge with the square of the residual: 1e-3 leaves ~1e-6 relative
+        # error in float32, about its rounding; float64 has room for a tighter stop.
+        tol = 1e-9 if f.dtype == torch.float64 else 1e-3
+    ends = ("largest", "smallest") if which == "both" else (which,)
+    square = f.dim_in == f.dim_out
+    invert = "smallest" in ends and (
+        method == "shift_invert" or (method == "auto" and square and f.dim_in <= SHIFT_INVERT_MAX)
     )
-    return {end: to_singular(f, p, vectors) for end, p in pairs.items()}
+    if invert and not square:
+        raise ConfigError("method", "gram or auto for a rectangular map", method)
+    out = {}
+    rest = [e for e in ends if not (invert and e == "smallest")]
+    if rest:
+        matvec, n = gram_operator(f)
+        pairs = block_lanczos(
+            matvec,
+            n,
+            k,
+            "both" if len(rest) == 2 else rest[0],
+            block_size=block_size,
+            tol=tol,
+            max_matvecs=max_matvecs,
+            start=start,
+            seed=seed,
+        )
+        out = {end: to_singular(f, p, vectors) for end, p in pairs.items()}
+    if invert:
+        out["smallest"] = _shift_invert(
+            f, native, k, invert_tol, block_size, max_matvecs, seed, vectors
+        )
+    return out
+
+
+def _shift_invert(
+    f: UnitMap,
+    native: UnitMap,
+    k: int,
+    tol: float,
+    block_size: int | None,
+    max_matvecs: int,
+    seed: int,
+    vectors: bool,
+) -> SingularTriplets:
+    """The k smallest singular values of a square J(f) from Lanczos on (J^T J)^-1.
+
+    J is formed from ``native`` (the map in its own dtype, float32 for a trained net:
+    coloring in float64 costs 4x as much) and factored in float64."""
+    J = jacobian(native).matrix.to(torch.float64)
+    try:
+        solve, solve_t = _factor(f, J)
+
+        def inverse_gram(V: torch.Tensor) -> torch.Tensor:
+            return solve(solve_t(V))
+
+        pairs = block_lanczos(
+            inverse_gram,
+            f.dim_in,
+            k,
+            "largest",
+            block_size=block_size,
+            tol=tol,
+            max_matvecs=max_matvecs,
+            seed=seed,
+            check_every=block_size or k,
+        )["largest"]
+    except (torch.linalg.LinAlgError, RuntimeError):  # J (or a pivot block) singular
+        return to_singular(
+            f, block_lanczos(gram_operator(f)[0], f.dim_in, k, "smallest", tol=tol)["smallest"]
+        )
+    # Rayleigh-Ritz with J itself on the converged subspace: sigma^2 to full accuracy and
+    # the Gram residuals ||J^T J z - sigma^2 z|| that the other methods report.
+    JY = pairs.vectors @ J.T
+    theta, S = torch.linalg.eigh(JY @ JY.T)
+    Z, JZ = S.T @ pairs.vectors, S.T @ JY
+    residuals = (JZ @ J - theta[:, None] * Z).norm(dim=1)
+    sigma = theta.clamp_min(0).sqrt()
+    vecs = Z.view(-1, *f.in_shape) if vectors else None
+    return SingularTriplets(sigma, residuals, vecs, pairs.converged, pairs.matvecs, "shift_invert")
+
+
+def _factor(f: UnitMap, J: torch.Tensor) -> tuple[MatVec, MatVec]:
+    """Row-block solves with J and J^T: a nested-dissection LU for stride-1 conv maps
+    (:class:`~resnet_dyn.dynamics.gridlu.GridLU`), a dense LU otherwise."""
+    try:
+        window = local_window(f)
+        if window.stride == (1, 1) and f.in_shape == f.out_shape:
+            reach = (max(window.lo[0], window.hi[0]), max(window.lo[1], window.hi[1]))
+            lu = GridLU.factor(J, f.in_shape, reach)
+            return lu.solve, lu.solve_t
+    except NonLocalMap:
+        pass
+    LU, piv = torch.linalg.lu_factor(J)
+
+    def solve(V: torch.Tensor) -> torch.Tensor:
+        return torch.linalg.lu_solve(LU, piv, V.T).T
+
+    def solve_t(V: torch.Tensor) -> torch.Tensor:
+        return torch.linalg.lu_solve(LU, piv, V.T, adjoint=True).T
+
+    return solve, solve_t
 
 
 def to_singular(f: UnitMap, pairs: EigenPairs, vectors: bool = False) -> SingularTriplets:
@@ -162,6 +308,7 @@ def singular_value_quadrature(
     dtype: torch.dtype = torch.float64,
     tol: float = 1e-6,
     seed: int = 0,
+    rows: torch.Tensor | None = None,
 ) -> Quadrature:
     """SLQ of the Gram operator of J(f): nodes are sigma^2, see :class:`Quadrature`.
 
@@ -176,7 +323,8 @@ def singular_value_quadrature(
     m = 80, not in the error bars; :meth:`Quadrature.unresolved` gives the weight of
     such nodes. ``quad.extremes`` holds the extreme Ritz pairs (sigma^2) over all probes,
     converged when their residual is at most ``tol * sigma_max^2``; pass them through
-    :func:`to_singular`. ``dtype``: see the module docstring.
+    :func:`to_singular`. ``dtype``: see the module docstring. ``rows``: quadrature of the
+    singular values of those rows of J only (see :func:`gram_operator`).
     """
-    matvec, n = gram_operator(f.to(dtype))
+    matvec, n = gram_operator(f.to(dtype), rows)
     return lanczos_quadrature(matvec, n, probes, steps, tol=tol, seed=seed)
