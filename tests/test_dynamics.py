@@ -287,8 +287,10 @@ def test_analyze_units_and_stages_report_methods_and_raw_spectra() -> None:
     assert calls == [(1, 2), (2, 2)]
     assert [r["index"] for r in res] == [0, 1] and res[1]["stage"] == 1
     assert (res[0]["dim_in"], res[1]["dim_in"], res[1]["dim_out"]) == (2304, 2304, 1152)
-    # 2304 > dense_max: matrix-free; 1152 <= dense_max: all singular values by coloring.
-    assert res[0]["sum"]["method"] == "slq+lanczos" and res[1]["sum"]["method"] == "coloring+svd"
+    # 2304 > dense_max: matrix-free (sigma_min of the square map by shift-invert);
+    # 1152 <= dense_max: all singular values by coloring.
+    assert res[0]["sum"]["method"] == "slq+shift_invert"
+    assert res[1]["sum"]["method"] == "coloring+svd"
     arrays = spectra_arrays(res)
     assert arrays["unit01_unit_sigma"].shape == (2, 1152)
     assert arrays["unit00_sum_largest"].shape == (2, 2) and "unit00_sum_sigma" not in arrays
@@ -419,3 +421,22 @@ def test_zero_rows_are_exact_zero_singular_values() -> None:
     for key in ("frac_one", "frac_gt_one", "frac_zero"):
         bound = 4 * slq[f"{key}_err"] + slq[f"{key}_unresolved"] + 0.02
         assert abs(slq[key] - dense[key]) <= bound, key
+
+
+def test_slq_path_takes_sigma_min_of_a_conv_map_by_shift_invert(monkeypatch) -> None:
+    # As for the 16,384-dimensional units of a CIFAR ResNet-56, here on a small one: the
+    # dense LU limit set to 0 leaves only the nested-dissection LU of a stride-1 conv map.
+    from resnet_dyn.dynamics import spectrum
+
+    monkeypatch.setattr(spectrum, "SHIFT_INVERT_MAX", 0)
+    net = cifar(depth=8, size=8).double()
+    image = torch.randn(1, 3, 8, 8, dtype=torch.float64, generator=torch.Generator().manual_seed(3))
+    f = unit_map(net, 0, unit_states(net, image)[0][0], "sum")
+    assert spectrum.shift_invert_applies(f)
+    (res,) = analyze_units(net, image, [0], maps=("sum",), method="slq")
+    exact = torch.linalg.svdvals(reference(f)).min().item()
+    assert res["sum"]["method"] == "slq+shift_invert"
+    assert res["sum"]["sigma_min"] == pytest.approx(exact, rel=1e-8)
+    # A map whose input and output differ in shape (a stage's first unit) has no such LU.
+    wide = unit_map(net, 1, unit_states(net, image)[1][0], "sum")
+    assert not spectrum.shift_invert_applies(wide)

@@ -23,8 +23,10 @@ per-image spectra are under ``r["raw"][map]``. Methods (``method=``):
 * ``auto`` (default): with ``r = min(dim_in, dim_out)``, all singular values (by
   coloring when the map has a receptive window smaller than its input, else dense)
   when ``full_spectrum`` or ``r <= dense_max`` (4096: ~2 s per map on 2 cores), else
-  ``slq``. The method used is reported as ``"<jacobian>+svd"``, ``"slq+lanczos"`` or
-  ``"slq+zero_rows"`` (below).
+  ``slq``. The method used is reported as ``"<jacobian>+svd"``, ``"slq+lanczos"``,
+  ``"slq+shift_invert"`` (sigma_min of a square map by shift-invert, see
+  :func:`~resnet_dyn.dynamics.spectrum.shift_invert_applies`) or ``"slq+zero_rows"``
+  (below).
 
 Rows of J that are exactly zero (a unit map's outputs behind an off ReLU: J = D J_sum)
 contribute exact zero singular values and nothing else. Every method counts them
@@ -158,6 +160,8 @@ def map_spectrum(
                 dtype=torch.float64,
             )[end]
     big, small = ends["largest"], ends["smallest"]
+    if small.method == "shift_invert" and stats["method"] == "slq+lanczos":
+        stats["method"] = "slq+shift_invert"
     smax, smin = big.values[0].item(), small.values[0].item()
     stats |= {
         "sigma_max": smax,

@@ -138,7 +138,28 @@ class SingularTriplets:
 # Largest square map whose smallest singular values "auto" finds by shift-invert: forming
 # and factoring its J takes well under a second there, while the smallest end of the
 # Gram operator, clustered against sigma_max^2, takes thousands of products.
-SHIFT_INVERT_MAX = 4096
+SHIFT_INVERT_MAX = 4096  # square maps up to this size: a dense LU of J
+# Stride-1 conv maps up to this size: the nested-dissection LU (the 16,384-dimensional
+# units of a CIFAR ResNet's first stage take ~3 s, and J itself 2 GiB in float64).
+GRID_SHIFT_INVERT_MAX = 16384
+
+
+def _grid_map(f: UnitMap) -> bool:
+    """Whether J(f) is a square stride-1 conv map, which the nested-dissection LU factors."""
+    try:
+        window = local_window(f)
+    except NonLocalMap:
+        return False
+    return window.stride == (1, 1) and f.in_shape == f.out_shape
+
+
+def shift_invert_applies(f: UnitMap) -> bool:
+    """Whether ``method="auto"`` finds the smallest end of J(f) by shift-invert."""
+    if f.dim_in != f.dim_out:
+        return False
+    return f.dim_in <= SHIFT_INVERT_MAX or (f.dim_in <= GRID_SHIFT_INVERT_MAX and _grid_map(f))
+
+
 EXTREME_METHODS = ("auto", "gram", "shift_invert")
 
 
@@ -163,7 +184,8 @@ def extreme_singular_values(
     JVP/VJP products), "shift_invert" (the smallest end of a square map by Lanczos on
     ``(J^T J)^-1``, through an LU of J formed by coloring: the smallest sigma become the
     largest, well separated eigenvalues; then Rayleigh-Ritz with J itself), or "auto":
-    shift-invert for the smallest end of square maps with n <= ``SHIFT_INVERT_MAX``,
+    shift-invert for the smallest end of square maps with n <= ``SHIFT_INVERT_MAX`` and of
+    stride-1 conv maps with n <= ``GRID_SHIFT_INVERT_MAX`` (:func:`shift_invert_applies`),
     gram otherwise. ``tol`` bounds the Lanczos residual relative to the largest Ritz
     value (sigma_max^2, or 1/sigma_min^2 for shift-invert); by default 1e-9 in float64
     and 1e-3 in float32 (values converge with the square of it). ``dtype`` of the
@@ -190,7 +212,7 @@ def extreme_singular_values(
     ends = ("largest", "smallest") if which == "both" else (which,)
     square = f.dim_in == f.dim_out
     invert = "smallest" in ends and (
-        method == "shift_invert" or (method == "auto" and square and f.dim_in <= SHIFT_INVERT_MAX)
+        method == "shift_invert" or (method == "auto" and shift_invert_applies(f))
     )
     if invert and not square:
         raise ConfigError("method", "gram or auto for a rectangular map", method)
@@ -267,14 +289,11 @@ def _shift_invert(
 def _factor(f: UnitMap, J: torch.Tensor) -> tuple[MatVec, MatVec]:
     """Row-block solves with J and J^T: a nested-dissection LU for stride-1 conv maps
     (:class:`~resnet_dyn.dynamics.gridlu.GridLU`), a dense LU otherwise."""
-    try:
+    if _grid_map(f):
         window = local_window(f)
-        if window.stride == (1, 1) and f.in_shape == f.out_shape:
-            reach = (max(window.lo[0], window.hi[0]), max(window.lo[1], window.hi[1]))
-            lu = GridLU.factor(J, f.in_shape, reach)
-            return lu.solve, lu.solve_t
-    except NonLocalMap:
-        pass
+        reach = (max(window.lo[0], window.hi[0]), max(window.lo[1], window.hi[1]))
+        lu = GridLU.factor(J, f.in_shape, reach)
+        return lu.solve, lu.solve_t
     LU, piv = torch.linalg.lu_factor(J)
 
     def solve(V: torch.Tensor) -> torch.Tensor:
