@@ -34,6 +34,13 @@ def compose_config(name: str, overrides: list[str], output_dir: Path) -> DictCon
     return cfg
 
 
+def cli_env(extra: dict[str, str] | None = None) -> dict[str, str]:
+    """The environment a user's command runs in: no W&B or Hydra settings of the test
+    process, one torch thread (tiny models), plus ``extra``."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("WANDB_", "HYDRA_FULL"))}
+    return env | {"OMP_NUM_THREADS": "1"} | (extra or {})
+
+
 def run_cli(
     args: list[str],
     cwd: Path,
@@ -42,13 +49,10 @@ def run_cli(
     env: dict[str, str] | None = None,
 ) -> subprocess.CompletedProcess:
     """Run ``python -m MODULE ARGS`` in ``cwd`` the way a user would (``env``: extra variables)."""
-    extra = env or {}
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("WANDB_", "HYDRA_FULL"))}
-    env.update(OMP_NUM_THREADS="1", **extra)
     return subprocess.run(
         [sys.executable, "-m", module, *args],
         cwd=cwd,
-        env=env,
+        env=cli_env(env),
         capture_output=True,
         text=True,
         timeout=timeout,

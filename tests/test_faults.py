@@ -13,19 +13,17 @@ from pathlib import Path
 
 import pytest
 import torch
-from conftest import run_cli
+from conftest import cli_env, run_cli
 
 # Digits, ResNet-8: 17 steps per epoch, well under a second each on one core.
 TRAIN = ["model.depth=8", "logger=none", "callbacks=default", "trainer.enable_progress_bar=false"]
 
 
 def _start(args: list[str], cwd: Path) -> subprocess.Popen:
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("WANDB_", "HYDRA_FULL"))}
-    env["OMP_NUM_THREADS"] = "1"
     return subprocess.Popen(
         [sys.executable, "-m", "resnet_dyn", *args],
         cwd=cwd,
-        env=env,
+        env=cli_env(),
         stdout=subprocess.PIPE,
         stderr=subprocess.STDOUT,
         text=True,

@@ -18,7 +18,7 @@ import uuid
 from pathlib import Path
 
 import pytest
-from conftest import run_cli
+from conftest import cli_env, run_cli
 
 PARTITION = "debug"  # the partition of conf/hydra/launcher/slurm_cpu.yaml
 READY_STATES = {"idle", "mixed", "allocated", "completing"}
@@ -131,11 +131,10 @@ def test_a_preempted_slurm_job_checkpoints_is_requeued_and_finishes(slurm_cluste
         f"hydra.sweep.dir={sweep}",
         f"hydra.launcher.name={name}",
     ]
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("WANDB_", "HYDRA_FULL"))}
     sweep_proc = subprocess.Popen(
         [sys.executable, "-m", "resnet_dyn", *args],
         cwd=tmp_path,
-        env={**env, "OMP_NUM_THREADS": "1"},
+        env=cli_env(),
         stdout=subprocess.PIPE,
         stderr=subprocess.STDOUT,
         text=True,
