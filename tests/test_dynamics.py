@@ -36,6 +36,7 @@ from resnet_dyn.dynamics import (
 )
 from resnet_dyn.dynamics.analyze import all_singular_values
 from resnet_dyn.dynamics.gridlu import GridLU, dissection
+from resnet_dyn.dynamics.jacobian import local_jacobian
 from resnet_dyn.dynamics.maps import UnitMap
 from resnet_dyn.dynamics.spectrum import zero_rows
 from resnet_dyn.errors import ConfigError
@@ -366,10 +367,35 @@ def test_nested_dissection_lu_solves_like_dense() -> None:
     nodes = dissection(8, 8, (2, 2), 16, leaf=64)
     assert len(nodes) > 3
     assert sorted(torch.cat([s for s, _, _ in nodes]).tolist()) == list(range(64))
-    lu = GridLU.factor(J, f.in_shape, (2, 2), leaf=64)
     B = torch.randn(3, 1024, dtype=torch.float64)
-    torch.testing.assert_close(lu.solve(B), torch.linalg.solve(J, B.T).T, atol=1e-9, rtol=0)
-    torch.testing.assert_close(lu.solve_t(B), torch.linalg.solve(J.T, B.T).T, atol=1e-9, rtol=0)
+    # From the dense J and from J kept as local kernels (never formed): the same solves.
+    for source in (J, local_jacobian(f)):
+        lu = GridLU.factor(source, f.in_shape, (2, 2), leaf=64)
+        torch.testing.assert_close(lu.solve(B), torch.linalg.solve(J, B.T).T, atol=1e-9, rtol=0)
+        torch.testing.assert_close(lu.solve_t(B), torch.linalg.solve(J.T, B.T).T, atol=1e-9, rtol=0)
+    # A singular J is a LinAlgError (the callers' fallback), not some other RuntimeError.
+    with pytest.raises(torch.linalg.LinAlgError):
+        GridLU.factor(torch.zeros_like(J), f.in_shape, (2, 2), leaf=64)
+
+
+def test_local_jacobian_blocks_match_the_dense_jacobian() -> None:
+    net = cifar(depth=8, size=8).double()
+    states = unit_states(net, torch.randn(1, 3, 8, 8, dtype=torch.float64))
+    gen = torch.Generator().manual_seed(0)
+    # unit 0: stride 1, 16x8x8; unit 1: stride 2, 16x8x8 -> 32x4x4 (option A shortcut)
+    for k in (0, 1):
+        f = unit_map(net, k, states[k][0], "sum")
+        lj = local_jacobian(f)
+        J = reference(f)
+        torch.testing.assert_close(lj.dense(), J, atol=1e-12, rtol=0)
+        c_in, h, w = f.in_shape
+        c_out, ho, wo = f.out_shape
+        grid = J.view(c_out, ho * wo, c_in, h * w)
+        for n_rows, n_cols in ((5, 9), (ho * wo, h * w), (3, 0)):
+            rows = torch.randperm(ho * wo, generator=gen)[:n_rows]
+            cols = torch.randperm(h * w, generator=gen)[:n_cols]
+            block = grid[:, rows][:, :, :, cols].reshape(c_out * n_rows, c_in * n_cols)
+            torch.testing.assert_close(lj.pixel_block(rows, cols), block, atol=1e-12, rtol=0)
 
 
 def test_shift_invert_smallest_singular_values_match_svdvals() -> None:

@@ -187,9 +187,8 @@ def all_singular_values(J: torch.Tensor) -> torch.Tensor:
     """All ``min(m, n)`` singular values of J (float64, descending).
 
     Exactly zero rows (unit maps: outputs behind an off ReLU) only add zero singular
-    values; dropping them first leaves a smaller, wide matrix, whose singular values come
-    from the smaller Gram matrix (about 3x faster than the SVD of a 4096 x 4096 J with a
-    third of its rows zero).
+    values; dropping them first leaves a smaller, wide matrix (a 3191 x 4096 one takes
+    1.3 s where the whole 4096 x 4096 J takes 1.8 s; see :func:`dense_singular_values`).
     """
     r = min(J.shape)
     keep = J.abs().amax(dim=1) > 0

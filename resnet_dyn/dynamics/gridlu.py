@@ -1,6 +1,6 @@
 """LU factorization of a local map's Jacobian in nested-dissection order, dense per front.
 
-    >>> lu = GridLU.factor(jacobian(f).matrix, f.in_shape, reach=(2, 2))
+    >>> lu = GridLU.factor(local_jacobian(f), f.in_shape, reach=(2, 2))  # or a dense J
     >>> x = lu.solve(b)        # rows of b: J x_i = b_i
     >>> y = lu.solve_t(b)      # J^T y_i = b_i
 
@@ -17,7 +17,9 @@ conditioned for that, and callers check residuals (Rayleigh quotients) with the 
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Protocol
 
 import torch
 
@@ -35,6 +37,35 @@ class _Front:
     perm: torch.Tensor | None = None
     u_sb: torch.Tensor | None = None
     l_bs: torch.Tensor | None = None
+
+
+class PixelBlocks(Protocol):
+    """J given by its blocks between pixel sets, like
+    :class:`~resnet_dyn.dynamics.jacobian.LocalJacobian`."""
+
+    def pixel_block(self, rows: torch.Tensor, cols: torch.Tensor) -> torch.Tensor: ...
+
+
+def _pixel_blocks(
+    J: torch.Tensor | PixelBlocks, c: int, hw: int
+) -> Callable[[torch.Tensor, torch.Tensor], torch.Tensor]:
+    if not isinstance(J, torch.Tensor):
+        return J.pixel_block
+    grid = J.view(c, hw, c, hw)
+
+    def block(rows: torch.Tensor, cols: torch.Tensor) -> torch.Tensor:
+        return grid[:, rows][:, :, :, cols].reshape(c * rows.numel(), c * cols.numel())
+
+    return block
+
+
+def lu_factor_checked(A: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """``torch.linalg.lu_factor`` raising ``LinAlgError`` (not a bare RuntimeError) when a
+    pivot is exactly zero, so that callers can tell a singular matrix from a bug."""
+    lu, piv, info = torch.linalg.lu_factor_ex(A)
+    if info.item() > 0:
+        raise torch.linalg.LinAlgError(f"pivot {info.item()} of a {A.shape[0]}-block is zero")
+    return lu, piv
 
 
 def _pixels(r0: int, r1: int, c0: int, c1: int, w: int) -> torch.Tensor:
@@ -90,7 +121,7 @@ class GridLU:
     @classmethod
     def factor(
         cls,
-        J: torch.Tensor,
+        J: torch.Tensor | PixelBlocks,
         shape: tuple[int, int, int] | torch.Size,
         reach: tuple[int, int],
         *,
@@ -99,11 +130,14 @@ class GridLU:
     ) -> GridLU:
         """Factor J (n x n, rows and columns indexed by (c, i, j) of ``shape``), whose
         entry (p, q) is zero when pixels p and q are more than ``reach`` apart on an axis.
+        J is dense or gives its blocks between pixel sets (``J.pixel_block(rows,
+        cols)``); only the blocks of the fronts are read.
 
         Raises ``torch.linalg.LinAlgError`` on an exactly singular pivot block (J singular,
         or a pivot order that the static ordering cannot avoid)."""
         c, h, w = shape
         n = c * h * w
+        block = _pixel_blocks(J, c, h * w)
         chan = torch.arange(c)[:, None] * (h * w)
         pos = torch.full((n,), -1, dtype=torch.long)
         fronts: list[_Front] = []
@@ -116,22 +150,23 @@ class GridLU:
             idx = torch.cat([s, b])
             k = s.numel()
             F = torch.zeros(idx.numel(), idx.numel(), dtype=dtype)
-            F[:, :k] = J[idx[:, None], s[None, :]].to(dtype)
-            F[:k, k:] = J[s[:, None], b[None, :]].to(dtype)
+            F[:k, :k] = block(sep_pix, sep_pix)
+            F[k:, :k] = block(halo_pix, sep_pix)
+            F[:k, k:] = block(sep_pix, halo_pix)
             pos[idx] = torch.arange(idx.numel())
             for _ in range(children):  # extend-add: children's halos lie in this front
                 vars_, upd = stack.pop()
                 p = pos[vars_]
                 F[p[:, None], p[None, :]] += upd
             pos[idx] = -1
-            lu, piv = torch.linalg.lu_factor(F[:k, :k])
+            lu, piv = lu_factor_checked(F[:k, :k])
             P, L, U = torch.lu_unpack(lu, piv)
             perm = P.argmax(dim=0)
             u_sb = torch.linalg.solve_triangular(
                 L, F[:k, k:][perm], upper=False, unitriangular=True
             )
             l_bs = torch.linalg.solve_triangular(U, F[k:, :k], upper=True, left=False)
-            stack.append((b, F[k:, k:] - l_bs @ u_sb))
+            stack.append((b, F[k:, k:].addmm_(l_bs, u_sb, alpha=-1)))
             fronts.append(_Front(s, b, lu, perm, u_sb, l_bs))
         return cls(fronts, n, dtype)
 

@@ -24,8 +24,8 @@ from dataclasses import dataclass
 
 import torch
 
-from resnet_dyn.dynamics.gridlu import GridLU
-from resnet_dyn.dynamics.jacobian import jacobian, jvp_op, vjp_op
+from resnet_dyn.dynamics.gridlu import GridLU, lu_factor_checked
+from resnet_dyn.dynamics.jacobian import jacobian, jvp_op, local_jacobian, vjp_op
 from resnet_dyn.dynamics.krylov import (
     EigenPairs,
     MatVec,
@@ -37,6 +37,12 @@ from resnet_dyn.dynamics.maps import UnitMap
 from resnet_dyn.dynamics.window import NonLocalMap, local_window
 from resnet_dyn.errors import ConfigError
 
+# Shapes with min(m, n) at least this share of max(m, n) go to LAPACK's SVD: a 3191 x 4096
+# J (a unit map's nonzero rows) takes 1.3 s there against 2.1 s for the float64 Gram
+# route, which wins on flatter shapes (2048 x 4096: 0.5 s against 1.7 s; 2048 x 8192:
+# 0.75 s against 4.3 s).
+SVD_MIN_ASPECT = 0.7
+
 
 def dense_singular_values(
     J: torch.Tensor, *, vectors: bool = False, dtype: torch.dtype | None = None
@@ -44,15 +50,14 @@ def dense_singular_values(
     """All ``min(m, n)`` singular values of ``J`` (descending) and, if asked, right singular
     vectors as rows.
 
-    Square J: LAPACK SVD in ``dtype`` (default J's). Rectangular J: eigenvalues of the
-    smaller Gram matrix in float64, because LAPACK's SVD of a wide 4096 x 8192 matrix is
-    ~15x slower than forming ``J J^T`` and ``eigvalsh``; float64 keeps sigma accurate to
-    ~1e-8 * sigma_max even near 0.
+    Square or nearly square J (``SVD_MIN_ASPECT``): LAPACK SVD in ``dtype`` (default
+    J's). Flatter J: eigenvalues of the smaller Gram matrix in float64, much faster there;
+    float64 keeps sigma accurate to ~1e-8 * sigma_max even near 0.
     """
-    if J.shape[0] == J.shape[1]:
+    if min(J.shape) >= SVD_MIN_ASPECT * max(J.shape):
         J = J if dtype is None else J.to(dtype)
         if vectors:
-            _, s, vh = torch.linalg.svd(J)
+            _, s, vh = torch.linalg.svd(J, full_matrices=False)
             return s, vh
         return torch.linalg.svdvals(J), None
     J = J.to(torch.float64)
@@ -140,7 +145,7 @@ class SingularTriplets:
 # Gram operator, clustered against sigma_max^2, takes thousands of products.
 SHIFT_INVERT_MAX = 4096  # square maps up to this size: a dense LU of J
 # Stride-1 conv maps up to this size: the nested-dissection LU (the 16,384-dimensional
-# units of a CIFAR ResNet's first stage take ~3 s, and J itself 2 GiB in float64).
+# units of a CIFAR ResNet's first stage take ~1 s; J is never formed).
 GRID_SHIFT_INVERT_MAX = 16384
 
 
@@ -252,10 +257,10 @@ def _shift_invert(
     """The k smallest singular values of a square J(f) from Lanczos on (J^T J)^-1.
 
     J is formed from ``native`` (the map in its own dtype, float32 for a trained net:
-    coloring in float64 costs 4x as much) and factored in float64."""
-    J = jacobian(native).matrix.to(torch.float64)
+    coloring in float64 costs 4x as much) and factored in float64; the final
+    Rayleigh-Ritz step uses ``f`` itself."""
     try:
-        solve, solve_t = _factor(f, J)
+        solve, solve_t = _factor(f, native)
 
         def inverse_gram(V: torch.Tensor) -> torch.Tensor:
             return solve(solve_t(V))
@@ -271,30 +276,33 @@ def _shift_invert(
             seed=seed,
             check_every=block_size or k,
         )["largest"]
-    except (torch.linalg.LinAlgError, RuntimeError):  # J (or a pivot block) singular
+    except torch.linalg.LinAlgError:  # J (or a pivot block) singular
         return to_singular(
             f, block_lanczos(gram_operator(f)[0], f.dim_in, k, "smallest", tol=tol)["smallest"]
         )
     # Rayleigh-Ritz with J itself on the converged subspace: sigma^2 to full accuracy and
     # the Gram residuals ||J^T J z - sigma^2 z|| that the other methods report.
-    JY = pairs.vectors @ J.T
-    theta, S = torch.linalg.eigh(JY @ JY.T)
-    Z, JZ = S.T @ pairs.vectors, S.T @ JY
-    residuals = (JZ @ J - theta[:, None] * Z).norm(dim=1)
+    with torch.no_grad():
+        JY = jvp_op(f)(pairs.vectors.view(-1, *f.in_shape)).reshape(pairs.vectors.shape[0], -1)
+        theta, S = torch.linalg.eigh(JY @ JY.T)
+        Z, JZ = S.T @ pairs.vectors, S.T @ JY
+        JtJZ = vjp_op(f)(JZ.view(-1, *f.out_shape)).reshape(Z.shape)
+    residuals = (JtJZ - theta[:, None] * Z).norm(dim=1)
     sigma = theta.clamp_min(0).sqrt()
     vecs = Z.view(-1, *f.in_shape) if vectors else None
     return SingularTriplets(sigma, residuals, vecs, pairs.converged, pairs.matvecs, "shift_invert")
 
 
-def _factor(f: UnitMap, J: torch.Tensor) -> tuple[MatVec, MatVec]:
-    """Row-block solves with J and J^T: a nested-dissection LU for stride-1 conv maps
-    (:class:`~resnet_dyn.dynamics.gridlu.GridLU`), a dense LU otherwise."""
+def _factor(f: UnitMap, native: UnitMap) -> tuple[MatVec, MatVec]:
+    """Row-block solves with J and J^T in float64: a nested-dissection LU for stride-1
+    conv maps (:class:`~resnet_dyn.dynamics.gridlu.GridLU`, which reads only the blocks
+    it needs from J kept as local kernels), a dense LU otherwise."""
     if _grid_map(f):
         window = local_window(f)
         reach = (max(window.lo[0], window.hi[0]), max(window.lo[1], window.hi[1]))
-        lu = GridLU.factor(J, f.in_shape, reach)
+        lu = GridLU.factor(local_jacobian(native, window), f.in_shape, reach)
         return lu.solve, lu.solve_t
-    LU, piv = torch.linalg.lu_factor(J)
+    LU, piv = lu_factor_checked(jacobian(native).matrix.to(torch.float64))
 
     def solve(V: torch.Tensor) -> torch.Tensor:
         return torch.linalg.lu_solve(LU, piv, V.T).T
