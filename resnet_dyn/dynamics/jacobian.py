@@ -16,11 +16,12 @@ map without its zeros, as one kernel per output pixel (:class:`LocalJacobian`).
 from __future__ import annotations
 
 import math
+import warnings
 from collections.abc import Callable
 from dataclasses import dataclass
 
 import torch
-from torch.func import jvp, vjp, vmap
+from torch.func import jvp, linearize, vjp, vmap
 
 from resnet_dyn.dynamics.maps import UnitMap
 from resnet_dyn.dynamics.window import NonLocalMap, Window, local_window
@@ -33,9 +34,21 @@ Batched = Callable[[torch.Tensor], torch.Tensor]
 _LIVE_STATES = 6
 
 
-def jvp_op(f: UnitMap) -> Batched:
-    """(b, *in_shape) tangents -> (b, *out_shape) products J t, one batched pass."""
-    return vmap(lambda t: jvp(f, (f.x,), (t,))[1])
+def jvp_op(f: UnitMap, *, repeated: bool = False) -> Batched:
+    """(b, *in_shape) tangents -> (b, *out_shape) products J t, one batched pass.
+
+    ``repeated``: for an operator applied many times (Krylov methods), trace the
+    linearization once (``torch.func.linearize``, ~0.1 s) so that no product re-runs
+    the map itself: a product of 16 float64 tangents of a 16x32x32 unit then takes
+    ~7 ms instead of ~12 ms.
+    """
+    if not repeated:
+        return vmap(lambda t: jvp(f, (f.x,), (t,))[1])
+    with warnings.catch_warnings():
+        # torch's constant folding of the traced graph warns about its own attributes.
+        warnings.filterwarnings("ignore", "Attempted to insert a get_attr Node", UserWarning)
+        _, linear = linearize(f, f.x)
+    return vmap(linear)
 
 
 def vjp_op(f: UnitMap) -> Batched:

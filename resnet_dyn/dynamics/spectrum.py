@@ -101,7 +101,7 @@ def gram_operator(f: UnitMap, rows: torch.Tensor | None = None) -> tuple[MatVec,
     ``rows``: indices of output rows; the operator is then ``J_R J_R^T`` of those rows
     of J alone (dimension ``len(rows)``), e.g. the rows that are not structurally zero.
     """
-    jv, vj = jvp_op(f), vjp_op(f)
+    jv, vj = jvp_op(f, repeated=True), vjp_op(f)
     if rows is not None:
         rows = rows.to(torch.long)
 
