@@ -37,7 +37,7 @@ from resnet_dyn.dynamics import (
 from resnet_dyn.dynamics.analyze import all_singular_values
 from resnet_dyn.dynamics.gridlu import GridLU, dissection
 from resnet_dyn.dynamics.jacobian import local_jacobian
-from resnet_dyn.dynamics.maps import UnitMap
+from resnet_dyn.dynamics.maps import UnitMap, fold_batchnorm
 from resnet_dyn.dynamics.spectrum import zero_rows
 from resnet_dyn.errors import ConfigError
 from resnet_dyn.models import CifarResNet, DeepResNet, DenseResNet, ResidualUnit
@@ -101,6 +101,27 @@ def test_stage_jacobians_match_jacfwd() -> None:
         jac = jacobian(f)
         assert jac.method == "coloring" or jac.probes == f.dim_in
         torch.testing.assert_close(jac.matrix, reference(f), atol=1e-5, rtol=0)
+
+
+def test_folded_batchnorm_is_the_same_map_without_batchnorm() -> None:
+    for preact in (False, True):
+        net = cifar(preact=preact).double()
+        states = unit_states(net, torch.randn(2, 3, 12, 12, dtype=torch.float64))
+        for k in range(len(net.units)):
+            f = unit_map(net, k, states[k][1], "unit")
+            g = f.folded()
+            z = torch.randn(f.in_shape, dtype=torch.float64)
+            torch.testing.assert_close(g(z), f(z), atol=1e-12, rtol=1e-12)
+            if k == 1:  # stride 2
+                torch.testing.assert_close(dense_jacobian(g), reference(f), atol=1e-12, rtol=0)
+            bns = [m for m in g.steps[0][0].modules() if isinstance(m, nn.BatchNorm2d)]
+            # Post-activation units: both BNs follow a conv. Pre-activation units: the
+            # BN after the first conv folds, the one in front (before a ReLU) cannot.
+            assert len(bns) == (1 if preact else 0)
+    # The caller's model keeps its layers, and a BN in train mode is never folded.
+    assert sum(isinstance(m, nn.BatchNorm2d) for m in net.modules()) > 0
+    branch = nn.Sequential(nn.Conv2d(2, 2, 3), nn.BatchNorm2d(2))
+    assert isinstance(fold_batchnorm(branch)[1], nn.BatchNorm2d)
 
 
 def test_window_is_derived_from_the_layers() -> None:

@@ -95,13 +95,18 @@ def zero_rows(f: UnitMap, seed: int = 0) -> torch.Tensor:
     return (y == 0).all(0)
 
 
-def gram_operator(f: UnitMap, rows: torch.Tensor | None = None) -> tuple[MatVec, int]:
+def gram_operator(
+    f: UnitMap, rows: torch.Tensor | None = None, *, repeated: bool | None = None
+) -> tuple[MatVec, int]:
     """The Gram operator of the smaller side on float64 row blocks, and its dimension.
 
     ``rows``: indices of output rows; the operator is then ``J_R J_R^T`` of those rows
     of J alone (dimension ``len(rows)``), e.g. the rows that are not structurally zero.
+    ``repeated``: trace the linearization once (see :func:`jvp_op`); by default for
+    float64 maps, whose products are slow enough to pay for the ~0.1 s of tracing.
     """
-    jv, vj = jvp_op(f, repeated=True), vjp_op(f)
+    repeated = f.dtype == torch.float64 if repeated is None else repeated
+    jv, vj = jvp_op(f, repeated=repeated), vjp_op(f)
     if rows is not None:
         rows = rows.to(torch.long)
 
