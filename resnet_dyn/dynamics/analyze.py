@@ -209,17 +209,22 @@ def _select(which: str | int | Iterable[int], n: int, key: str) -> list[int]:
     return idx
 
 
-def _with_dtype(
+def _prepared(
     net: ResidualNet, images: torch.Tensor, dtype: torch.dtype | str | None
 ) -> tuple[ResidualNet, torch.Tensor]:
-    """A copy of ``net`` in ``dtype`` (the caller's model is left as it is)."""
+    """``net`` and ``images`` on the CPU in ``dtype`` (a converted copy where either differs;
+    the caller's model is left as it is). The Krylov methods and the nested-dissection LU
+    keep their vectors and fronts on the CPU, so a model trained on a GPU is analysed
+    through a CPU copy."""
     if isinstance(dtype, str):
         if dtype not in DTYPES:
             raise ConfigError("dtype", " or ".join(DTYPES), dtype)
         dtype = DTYPES[dtype]
-    if dtype is None or dtype == next(net.parameters()).dtype:
-        return net, images.to(next(net.parameters()).dtype)
-    return copy.deepcopy(net).to(dtype), images.to(dtype)
+    param = next(net.parameters())
+    dtype = param.dtype if dtype is None else dtype
+    if param.dtype != dtype or any(p.device.type != "cpu" for p in net.parameters()):
+        net = copy.deepcopy(net).to(device="cpu", dtype=dtype)
+    return net, images.to(device="cpu", dtype=dtype)
 
 
 def _record(maps: Sequence[UnitMap], options: dict) -> tuple[dict, dict]:
@@ -249,7 +254,8 @@ def analyze_units(
 
     Returns per unit ``{"name": "unit03", "index", "stage", "dim_in", "dim_out",
     <map>: summary, "raw": {<map>: {"sigma"?, "largest", "smallest", "per_image"}}}``.
-    ``dtype`` ("float32"/"float64") runs a converted copy of ``net``. ``progress(done,
+    ``dtype`` ("float32"/"float64") runs a converted copy of ``net``; a model on a GPU is
+    analysed through a CPU copy (the Krylov methods work on the CPU). ``progress(done,
     total)`` is called after each unit. ``options`` go to :func:`map_spectrum`.
     """
     check_eval(net)
@@ -257,7 +263,7 @@ def analyze_units(
     maps = tuple(maps)
     if not maps or any(m not in ("sum", "unit") for m in maps):
         raise ConfigError("maps", "sum and/or unit (stage maps: analyze_stages)", maps)
-    net, images = _with_dtype(net, images, dtype)
+    net, images = _prepared(net, images, dtype)
     states = unit_states(net, images)
     results = []
     for done, k in enumerate(idx, 1):
@@ -289,7 +295,7 @@ def analyze_stages(
     """
     check_eval(net)
     idx = _select(stages, net.num_stages, "stages")
-    net, images = _with_dtype(net, images, dtype)
+    net, images = _prepared(net, images, dtype)
     states = unit_states(net, images)
     results = []
     for done, s in enumerate(idx, 1):
