@@ -59,6 +59,19 @@ def run_cli(
     )
 
 
+def start_cli(args: list[str], cwd: Path) -> subprocess.Popen:
+    """Start ``python -m resnet_dyn ARGS`` in ``cwd`` as :func:`run_cli` does, without
+    waiting (for tests that signal or cancel it); stdout and stderr go to one text pipe."""
+    return subprocess.Popen(
+        [sys.executable, "-m", "resnet_dyn", *args],
+        cwd=cwd,
+        env=cli_env(),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
+
+
 def make_image_folder(
     root: Path, classes: tuple[str, ...] = ("cat", "dog"), per_class: int = 2
 ) -> Path:

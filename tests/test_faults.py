@@ -7,27 +7,15 @@ import json
 import os
 import signal
 import subprocess
-import sys
 import time
 from pathlib import Path
 
 import pytest
 import torch
-from conftest import cli_env, run_cli
+from conftest import run_cli, start_cli
 
 # Digits, ResNet-8: 17 steps per epoch, well under a second each on one core.
 TRAIN = ["model.depth=8", "logger=none", "callbacks=default", "trainer.enable_progress_bar=false"]
-
-
-def _start(args: list[str], cwd: Path) -> subprocess.Popen:
-    return subprocess.Popen(
-        [sys.executable, "-m", "resnet_dyn", *args],
-        cwd=cwd,
-        env=cli_env(),
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-        text=True,
-    )
 
 
 def _wait_for(path: Path, proc: subprocess.Popen, timeout: float = 240) -> None:
@@ -42,7 +30,7 @@ def _wait_for(path: Path, proc: subprocess.Popen, timeout: float = 240) -> None:
 def test_a_signal_saves_a_checkpoint_mid_epoch_and_the_rerun_finishes(signum, tmp_path):
     job = tmp_path / "job"
     args = [*TRAIN, "trainer.max_epochs=8", f"hydra.run.dir={job}"]
-    proc = _start(args, tmp_path)
+    proc = start_cli(args, tmp_path)
     last = job / "checkpoints" / "last.ckpt"
     _wait_for(last, proc)  # the end of epoch 0: training is under way
     time.sleep(0.3)
@@ -192,7 +180,7 @@ def test_sigkill_mid_epoch_then_rerun_ends_with_the_metrics_of_an_uninterrupted_
     whole = run_cli([*args, f"hydra.run.dir={tmp_path / 'whole'}"], cwd=tmp_path)
     assert whole.returncode == 0, whole.stderr[-2000:]
     job = tmp_path / "killed"
-    proc = _start([*args, f"hydra.run.dir={job}"], tmp_path)
+    proc = start_cli([*args, f"hydra.run.dir={job}"], tmp_path)
     _wait_for(job / "checkpoints" / "last.ckpt", proc)  # epoch 0 is done
     time.sleep(0.2)  # into epoch 1
     proc.kill()

@@ -12,13 +12,12 @@ import os
 import re
 import shutil
 import subprocess
-import sys
 import time
 import uuid
 from pathlib import Path
 
 import pytest
-from conftest import cli_env, run_cli
+from conftest import run_cli, start_cli
 
 PARTITION = "debug"  # the partition of conf/hydra/launcher/slurm_cpu.yaml
 READY_STATES = {"idle", "mixed", "allocated", "completing"}
@@ -131,14 +130,7 @@ def test_a_preempted_slurm_job_checkpoints_is_requeued_and_finishes(slurm_cluste
         f"hydra.sweep.dir={sweep}",
         f"hydra.launcher.name={name}",
     ]
-    sweep_proc = subprocess.Popen(
-        [sys.executable, "-m", "resnet_dyn", *args],
-        cwd=tmp_path,
-        env=cli_env(),
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-        text=True,
-    )
+    sweep_proc = start_cli(args, tmp_path)
     try:
         deadline = time.time() + 240
         while not (sweep / "0" / "checkpoints" / "last.ckpt").is_file():
