@@ -261,8 +261,8 @@ def test_slq_fractions_agree_with_exact_counts_within_error_bars() -> None:
     exact = spectrum_stats(dense_singular_values(jacobian(f).matrix)[0])
     est = quadrature_fractions(singular_value_quadrature(f, probes=24, steps=60, seed=1))
     for key in ("frac_one", "frac_gt_one", "frac_zero"):
-        assert 0 < est[f"{key}_err"] < 0.02
-        assert abs(est[key] - exact[key]) <= 4 * est[f"{key}_err"], key
+        assert 0 < est[f"{key}_err"] < 0.05  # informative on a spectrum of spikes and gaps
+        assert abs(est[key] - exact[key]) <= est[f"{key}_err"], key
 
 
 def test_linearization_refuses_train_mode() -> None:
@@ -296,7 +296,7 @@ def test_statistics_on_a_known_spectrum() -> None:
     assert both["sigma_max"] == 3.0 and both["sigma_max_std"] == 1.0
     assert both["cond"] == math.inf and math.isnan(both["cond_std"])
     assert both["method"] == "dense,slq"
-    assert both["x_err"] == pytest.approx(0.25)  # sqrt(0.09 + 0.16) / 2
+    assert both["x_err"] == pytest.approx(0.35)  # a bias bar does not shrink over images
 
 
 def test_analyze_units_and_stages_report_methods_and_raw_spectra() -> None:
@@ -309,10 +309,11 @@ def test_analyze_units_and_stages_report_methods_and_raw_spectra() -> None:
     assert calls == [(1, 2), (2, 2)]
     assert [r["index"] for r in res] == [0, 1] and res[1]["stage"] == 1
     assert (res[0]["dim_in"], res[1]["dim_in"], res[1]["dim_out"]) == (2304, 2304, 1152)
-    # 2304 > dense_max: matrix-free (sigma_min of the square map by shift-invert);
+    # 2304 > dense_max: fractions counted (sigma_min of the square map by shift-invert);
     # 1152 <= dense_max: all singular values by coloring.
-    assert res[0]["sum"]["method"] == "slq+shift_invert"
+    assert res[0]["sum"]["method"] == "count+shift_invert"
     assert res[1]["sum"]["method"] == "coloring+svd"
+    assert res[0]["sum"]["fractions"] == res[1]["sum"]["fractions"] == "exact"
     arrays = spectra_arrays(res)
     assert arrays["unit01_unit_sigma"].shape == (2, 1152)
     assert arrays["unit00_sum_largest"].shape == (2, 2) and "unit00_sum_sigma" not in arrays
@@ -321,17 +322,21 @@ def test_analyze_units_and_stages_report_methods_and_raw_spectra() -> None:
         assert (
             res[1]["raw"]["unit"]["per_image"][i] | exact == res[1]["raw"]["unit"]["per_image"][i]
         )
-    # The matrix-free summary agrees with the exact spectrum of the same unit, within its
-    # stated uncertainties (standard error and unresolved quadrature weight).
+    # The counted fractions equal those of the full spectrum of the same unit; the SLQ
+    # estimates agree within their stated error bars.
+    slq_res = analyze_units(net, images[:1], units=[0], method="slq")
     for kind in ("sum", "unit"):
         exact = map_spectrum(unit_map(net, 0, unit_states(net, images)[0][0], kind)).stats
-        slq = res[0]["raw"][kind]["per_image"][0]
-        assert slq["sigma_max"] == pytest.approx(exact["sigma_max"], abs=1e-5)
-        assert slq["sigma_max_residual"] < 1e-6
+        counted = res[0]["raw"][kind]["per_image"][0]
+        slq = slq_res[0]["raw"][kind]["per_image"][0]
+        assert slq["fractions"] == "estimated" and slq["method"].startswith("slq+")
+        for stats in (counted, slq):
+            assert stats["sigma_max"] == pytest.approx(exact["sigma_max"], abs=1e-5)
+            assert stats["sigma_max_residual"] < 1e-6
         for key in ("frac_one", "frac_gt_one", "frac_zero"):
-            bound = 4 * slq[f"{key}_err"] + slq[f"{key}_unresolved"] + 1e-3
-            assert abs(slq[key] - exact[key]) <= bound, (kind, key)
-    assert slq["frac_zero"] > 0.3  # the rows masked by the final ReLU
+            assert counted[key] == pytest.approx(exact[key], abs=1e-12), (kind, key)
+            assert abs(slq[key] - exact[key]) <= slq[f"{key}_err"], (kind, key)
+    assert counted["frac_zero"] > 0.3  # the rows masked by the final ReLU
     assert res[0]["sum"]["sigma_max_std"] > 0  # two different images
     stages = analyze_stages(net, images[:1], stages=[1], method="lanczos")
     assert stages[0]["units"] == [1] and stages[0]["stage"]["method"] == "lanczos"

@@ -3,7 +3,7 @@
     >>> results = analyze_units(net.eval(), images[:4], units="all", maps=("sum", "unit"))
     >>> r = results[19]
     >>> r["index"], r["stage"], r["dim_in"], r["sum"]["frac_one"], r["sum"]["frac_one_std"]
-    >>> r["sum"]["method"]                    # e.g. "coloring+svd" or "slq+lanczos"
+    >>> r["sum"]["method"], r["sum"]["fractions"]   # e.g. "count+shift_invert", "exact"
     >>> np.savez("spectra.npz", **spectra_arrays(results))
 
 Every image is linearized on its own; a map's summary holds the mean over images of
@@ -13,25 +13,36 @@ per-image spectra are under ``r["raw"][map]``. Methods (``method=``):
 * ``dense``: J from JVPs with every basis vector, all singular values.
 * ``coloring``: J from colored probes (conv maps; others fall back to dense, see
   ``note``), all singular values.
-* ``slq``: no J. Fractions by stochastic Lanczos quadrature with error bars
-  (``<frac>_err``, and ``<frac>_unresolved`` for the quadrature's own bias, see
-  :func:`~resnet_dyn.dynamics.spectrum.singular_value_quadrature`); sigma_max and
-  sigma_min from the same Lanczos runs, refined by block Lanczos where not converged,
-  with their residuals.
+* ``count``: no J, no quadrature. Fractions counted exactly by Sylvester's law of
+  inertia (:mod:`resnet_dyn.dynamics.inertia`: a nested-dissection LDL^T of
+  ``J J^T - c^2 I`` at c = tol, 1 - tol, 1 + tol, built from J's local kernels); conv
+  maps whose count stays within ``COUNT_MAX_GFLOP``. sigma_max by block Lanczos,
+  sigma_min by shift-invert (square stride-1 maps), exact zero rows, or block Lanczos.
+* ``slq``: no J. Fractions *estimated* by stochastic Lanczos quadrature. ``<frac>_err``
+  is the standard error over probes plus ``<frac>_unresolved``, the weight of nodes that
+  the quadrature cannot place on one side of an interval's ends (see
+  :func:`~resnet_dyn.dynamics.spectrum.singular_value_quadrature`): on trained units the
+  mass near sigma = 1 is continuous and the quadrature moves it across 1 +- tol by whole
+  nodes, a bias the standard error alone does not cover. sigma_max and sigma_min from
+  the same Lanczos runs, refined by block Lanczos where not converged, with residuals.
 * ``lanczos``: no J. Only the ``top_k`` largest and smallest singular values;
   fractions are NaN.
 * ``auto`` (default): with ``r = min(dim_in, dim_out)``, all singular values (by
   coloring when the map has a receptive window smaller than its input, else dense)
-  when ``full_spectrum`` or ``r <= dense_max`` (4096: ~2 s per map on 2 cores), else
-  ``slq``. The method used is reported as ``"<jacobian>+svd"``, ``"slq+lanczos"``,
-  ``"slq+shift_invert"`` (sigma_min of a square map by shift-invert, see
-  :func:`~resnet_dyn.dynamics.spectrum.shift_invert_applies`) or ``"slq+zero_rows"``
-  (below).
+  when ``full_spectrum`` or ``r <= dense_max`` (4096); else ``count`` where the map is
+  countable (:func:`~resnet_dyn.dynamics.inertia.countable`), else ``slq``.
+
+Every summary says how its fractions were obtained: ``fractions`` is ``"exact"`` (a
+full spectrum or counts), ``"estimated"`` (SLQ) or ``"none"`` (``lanczos``). The method
+used is reported as ``"<jacobian>+svd"``, ``"count+<smallest end>"`` or
+``"slq+<smallest end>"``, the smallest end being ``lanczos``, ``shift_invert`` (sigma_min
+of a square map by shift-invert, see
+:func:`~resnet_dyn.dynamics.spectrum.shift_invert_applies`) or ``zero_rows`` (below).
 
 Rows of J that are exactly zero (a unit map's outputs behind an off ReLU: J = D J_sum)
 contribute exact zero singular values and nothing else. Every method counts them
 exactly: the dense path takes the singular values of the other rows (a smaller Gram
-matrix), ``slq`` runs its quadrature on the other rows only (``note`` says how many were
+matrix), ``count`` leaves them out of the elimination, ``slq`` runs its quadrature on the other rows only (``note`` says how many were
 set aside), and when there are at least ``top_k`` of them sigma_min = 0 is exact
 (``"slq+zero_rows"``), with no Lanczos run on the slowly converging smallest end.
 """
@@ -47,6 +58,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from resnet_dyn.dynamics.inertia import countable, exact_fractions
 from resnet_dyn.dynamics.jacobian import jacobian
 from resnet_dyn.dynamics.maps import UnitMap, check_eval, stage_map, unit_map, unit_states
 from resnet_dyn.dynamics.spectrum import (
@@ -62,7 +74,7 @@ from resnet_dyn.dynamics.stats import summarize as summarize_images
 from resnet_dyn.errors import ConfigError
 from resnet_dyn.models.base import ResidualNet
 
-METHODS = ("auto", "dense", "coloring", "lanczos", "slq")
+METHODS = ("auto", "dense", "coloring", "count", "lanczos", "slq")
 DTYPES = {"float32": torch.float32, "float64": torch.float64}
 Progress = Callable[[int, int], None]
 
@@ -110,15 +122,28 @@ def map_spectrum(
     if not isinstance(top_k, int) or top_k < 1:
         raise ConfigError("top_k", "a positive integer", top_k)
     if method == "auto" and not full_spectrum and min(f.dim_in, f.dim_out) > dense_max:
-        method = "slq"
+        method = "count" if countable(f)[0] else "slq"
     if method in ("auto", "dense", "coloring"):
         jac = jacobian(f, method, chunk_size=chunk_size, memory_mb=memory_mb)
         sigma = all_singular_values(jac.matrix)
-        stats = spectrum_stats(sigma, tol) | {"method": f"{jac.method}+svd", "note": jac.note}
+        stats = spectrum_stats(sigma, tol) | {
+            "method": f"{jac.method}+svd",
+            "fractions": "exact",
+            "note": jac.note,
+        }
         return MapSpectrum(stats, sigma, sigma[:top_k], sigma.flip(0)[:top_k])
     ends, starts, note = {}, {}, ""
-    if method == "slq":
-        r = min(f.dim_in, f.dim_out)
+    r = min(f.dim_in, f.dim_out)
+    if method == "count":
+        ok, why = countable(f)
+        if not ok:
+            raise ConfigError("method", "auto or slq for this map (count: " + why + ")", method)
+        stats = exact_fractions(f, tol) | {"method": "count", "fractions": "exact"}
+        zeros = r - int((~zero_rows(f, seed)).sum().clamp_max(r))
+        if zeros >= top_k:  # exact zero rows: sigma_min = 0 with no Lanczos run
+            z = torch.zeros(top_k, dtype=torch.float64, device=f.x.device)
+            ends["smallest"] = SingularTriplets(z, z, None, True, 0, "zero_rows")
+    elif method == "slq":
         kept = (~zero_rows(f, seed)).nonzero().flatten()
         zeros = r - min(kept.numel(), f.dim_in)
         # Structurally zero rows (unit maps: outputs behind an off ReLU) are exact zero
@@ -133,16 +158,16 @@ def map_spectrum(
             ends["largest"] = to_singular(f, quad.extremes["largest"])
             note = f"{zeros} structurally zero rows counted exactly"
             if zeros >= top_k:
-                z = torch.zeros(top_k, dtype=torch.float64)
+                z = torch.zeros(top_k, dtype=torch.float64, device=f.x.device)
                 ends["smallest"] = SingularTriplets(z, z, None, True, 0, "zero_rows")
-            stats["method"] = "slq+zero_rows" if zeros >= top_k else "slq+lanczos"
         else:
             quad = singular_value_quadrature(f, probes, steps, tol=lanczos_tol, seed=seed)
-            stats = quadrature_fractions(quad, tol) | {"method": "slq+lanczos"}
+            stats = quadrature_fractions(quad, tol)
             ends = {e: to_singular(f, p) for e, p in quad.extremes.items()}
             starts = {e: p.vectors for e, p in quad.extremes.items()}
+        stats |= {"method": "slq", "fractions": "estimated"}
     else:
-        stats = dict.fromkeys(FRACTIONS, math.nan) | {"method": "lanczos"}
+        stats = dict.fromkeys(FRACTIONS, math.nan) | {"method": "lanczos", "fractions": "none"}
     for end in ("largest", "smallest"):
         if (
             end not in ends
@@ -160,8 +185,8 @@ def map_spectrum(
                 dtype=torch.float64,
             )[end]
     big, small = ends["largest"], ends["smallest"]
-    if small.method == "shift_invert" and stats["method"] == "slq+lanczos":
-        stats["method"] = "slq+shift_invert"
+    if stats["method"] != "lanczos":
+        stats["method"] += "+" + ("lanczos" if small.method == "gram" else small.method)
     smax, smin = big.values[0].item(), small.values[0].item()
     stats |= {
         "sigma_max": smax,
@@ -212,31 +237,30 @@ def _select(which: str | int | Iterable[int], n: int, key: str) -> list[int]:
 def _prepared(
     net: ResidualNet, images: torch.Tensor, dtype: torch.dtype | str | None
 ) -> tuple[ResidualNet, torch.Tensor]:
-    """``net`` and ``images`` on the CPU in ``dtype`` (a converted copy where either differs;
-    the caller's model is left as it is). The Krylov methods and the nested-dissection LU
-    keep their vectors and fronts on the CPU, so a model trained on a GPU is analysed
-    through a CPU copy."""
+    """``net`` in ``dtype`` (a converted copy where it differs; the caller's model is left
+    as it is) and ``images`` on the model's device in that dtype. Everything after this
+    (Jacobians, Krylov vectors, factorizations, SVDs) lives on the model's device."""
     if isinstance(dtype, str):
         if dtype not in DTYPES:
             raise ConfigError("dtype", " or ".join(DTYPES), dtype)
         dtype = DTYPES[dtype]
     param = next(net.parameters())
     dtype = param.dtype if dtype is None else dtype
-    if param.dtype != dtype or any(p.device.type != "cpu" for p in net.parameters()):
-        net = copy.deepcopy(net).to(device="cpu", dtype=dtype)
-    return net, images.to(device="cpu", dtype=dtype)
+    if param.dtype != dtype:
+        net = copy.deepcopy(net).to(dtype=dtype)
+    return net, images.to(device=param.device, dtype=dtype)
 
 
 def _record(maps: Sequence[UnitMap], options: dict) -> tuple[dict, dict]:
     """Summary over images and raw per-image arrays of one map kind."""
     per = [map_spectrum(f, **options) for f in maps]
     raw = {
-        "largest": torch.stack([p.largest for p in per]).numpy(),
-        "smallest": torch.stack([p.smallest for p in per]).numpy(),
+        "largest": torch.stack([p.largest for p in per]).cpu().numpy(),
+        "smallest": torch.stack([p.smallest for p in per]).cpu().numpy(),
         "per_image": [p.stats for p in per],
     }
     if per[0].sigma is not None:
-        raw["sigma"] = torch.stack([p.sigma for p in per]).numpy()
+        raw["sigma"] = torch.stack([p.sigma for p in per]).cpu().numpy()
     return summarize_images([p.stats for p in per]), raw
 
 
@@ -254,9 +278,9 @@ def analyze_units(
 
     Returns per unit ``{"name": "unit03", "index", "stage", "dim_in", "dim_out",
     <map>: summary, "raw": {<map>: {"sigma"?, "largest", "smallest", "per_image"}}}``.
-    ``dtype`` ("float32"/"float64") runs a converted copy of ``net``; a model on a GPU is
-    analysed through a CPU copy (the Krylov methods work on the CPU). ``progress(done,
-    total)`` is called after each unit. ``options`` go to :func:`map_spectrum`.
+    ``dtype`` ("float32"/"float64") runs a converted copy of ``net``; the analysis runs
+    on the model's device. ``progress(done, total)`` is called after each unit.
+    ``options`` go to :func:`map_spectrum`.
     """
     check_eval(net)
     idx = _select(units, len(net.units), "units")

@@ -43,6 +43,8 @@ class PixelBlocks(Protocol):
     """J given by its blocks between pixel sets, like
     :class:`~resnet_dyn.dynamics.jacobian.LocalJacobian`."""
 
+    kernels: torch.Tensor
+
     def pixel_block(self, rows: torch.Tensor, cols: torch.Tensor) -> torch.Tensor: ...
 
 
@@ -68,24 +70,31 @@ def lu_factor_checked(A: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     return lu, piv
 
 
-def _pixels(r0: int, r1: int, c0: int, c1: int, w: int) -> torch.Tensor:
-    rows, cols = torch.arange(r0, r1), torch.arange(c0, c1)
+def _pixels(r0: int, r1: int, c0: int, c1: int, w: int, device: torch.device) -> torch.Tensor:
+    rows, cols = torch.arange(r0, r1, device=device), torch.arange(c0, c1, device=device)
     return (rows[:, None] * w + cols[None, :]).flatten()
 
 
 def dissection(
-    h: int, w: int, reach: tuple[int, int], channels: int, leaf: int = 512
+    h: int,
+    w: int,
+    reach: tuple[int, int],
+    channels: int,
+    leaf: int = 512,
+    device: torch.device | str | None = None,
 ) -> list[tuple[torch.Tensor, torch.Tensor, int]]:
     """Nodes (eliminated pixels, halo pixels, number of children) of a nested dissection
     of an h x w grid, children before parents. A region is split across its longer axis
     by a separator ``reach`` pixels thick until it holds at most ``leaf`` variables or is
     too thin. Every pixel within ``reach`` of a region but outside it lies in a separator
-    of an ancestor, so a region's halo is exactly what eliminating it can fill in."""
+    of an ancestor, so a region's halo is exactly what eliminating it can fill in.
+    Index tensors live on ``device`` (default: the CPU)."""
+    device = torch.device("cpu") if device is None else torch.device(device)
     nodes: list[tuple[torch.Tensor, torch.Tensor, int]] = []
 
     def halo(r0: int, r1: int, c0: int, c1: int) -> torch.Tensor:
-        rr = torch.arange(max(0, r0 - reach[0]), min(h, r1 + reach[0]))
-        cc = torch.arange(max(0, c0 - reach[1]), min(w, c1 + reach[1]))
+        rr = torch.arange(max(0, r0 - reach[0]), min(h, r1 + reach[0]), device=device)
+        cc = torch.arange(max(0, c0 - reach[1]), min(w, c1 + reach[1]), device=device)
         inside = ((rr >= r0) & (rr < r1))[:, None] & ((cc >= c0) & (cc < c1))[None, :]
         return (rr[:, None] * w + cc[None, :])[~inside]
 
@@ -94,17 +103,17 @@ def dissection(
         axis = 0 if nh * reach[1] >= nw * reach[0] else 1
         extent, r = (nh, reach[0]) if axis == 0 else (nw, reach[1])
         if nh * nw * channels <= leaf or extent < r + 2:
-            nodes.append((_pixels(r0, r1, c0, c1, w), halo(r0, r1, c0, c1), 0))
+            nodes.append((_pixels(r0, r1, c0, c1, w, device), halo(r0, r1, c0, c1), 0))
             return
         m = (r0 if axis == 0 else c0) + (extent - r) // 2
         if axis == 0:
             split(r0, m, c0, c1)
             split(m + r, r1, c0, c1)
-            sep = _pixels(m, m + r, c0, c1, w)
+            sep = _pixels(m, m + r, c0, c1, w, device)
         else:
             split(r0, r1, c0, m)
             split(r0, r1, m + r, c1)
-            sep = _pixels(r0, r1, m, m + r, w)
+            sep = _pixels(r0, r1, m, m + r, w, device)
         nodes.append((sep, halo(r0, r1, c0, c1), 2))
 
     split(0, h, 0, w)
@@ -138,22 +147,23 @@ class GridLU:
         c, h, w = shape
         n = c * h * w
         block = _pixel_blocks(J, c, h * w)
-        chan = torch.arange(c)[:, None] * (h * w)
-        pos = torch.full((n,), -1, dtype=torch.long)
+        dev = J.device if isinstance(J, torch.Tensor) else J.kernels.device
+        chan = torch.arange(c, device=dev)[:, None] * (h * w)
+        pos = torch.full((n,), -1, dtype=torch.long, device=dev)
         fronts: list[_Front] = []
         # Update matrices (Schur complements on a front's halo) wait for their parent; in
         # postorder a node's children are the last ones pushed.
         stack: list[tuple[torch.Tensor, torch.Tensor]] = []
-        for sep_pix, halo_pix, children in dissection(h, w, reach, c, leaf):
+        for sep_pix, halo_pix, children in dissection(h, w, reach, c, leaf, device=dev):
             s = (chan + sep_pix[None, :]).flatten()
             b = (chan + halo_pix[None, :]).flatten()
             idx = torch.cat([s, b])
             k = s.numel()
-            F = torch.zeros(idx.numel(), idx.numel(), dtype=dtype)
+            F = torch.zeros(idx.numel(), idx.numel(), dtype=dtype, device=dev)
             F[:k, :k] = block(sep_pix, sep_pix)
             F[k:, :k] = block(halo_pix, sep_pix)
             F[:k, k:] = block(sep_pix, halo_pix)
-            pos[idx] = torch.arange(idx.numel())
+            pos[idx] = torch.arange(idx.numel(), device=dev)
             for _ in range(children):  # extend-add: children's halos lie in this front
                 vars_, upd = stack.pop()
                 p = pos[vars_]

@@ -106,7 +106,7 @@ def dense_jacobian(
 
     def basis(start: int, stop: int) -> torch.Tensor:
         t = f.x.new_zeros(stop - start, n)
-        t[torch.arange(stop - start), torch.arange(start, stop)] = 1
+        t[:, start:stop].fill_diagonal_(1)
         return t.view(-1, *f.in_shape)
 
     Jt = f.x.new_empty(n, f.dim_out)
@@ -196,12 +196,14 @@ def local_jacobian(
     c_in, h, w = f.in_shape
     c_out, ho, wo = f.out_shape
     ph, pw = colors(f, window)
+    dev = f.x.device
     eye = f.x.new_ones(c_in).diag()
-    rows_h = (torch.arange(h) % ph == torch.arange(ph)[:, None]).to(f.dtype)
-    rows_w = (torch.arange(w) % pw == torch.arange(pw)[:, None]).to(f.dtype)
+    rows_h = (torch.arange(h, device=dev) % ph == torch.arange(ph, device=dev)[:, None])
+    rows_w = (torch.arange(w, device=dev) % pw == torch.arange(pw, device=dev)[:, None])
+    rows_h, rows_w = rows_h.to(f.dtype), rows_w.to(f.dtype)
 
     def probes(start: int, stop: int) -> torch.Tensor:
-        p = torch.arange(start, stop)
+        p = torch.arange(start, stop, device=dev)
         c, a, b = p // (ph * pw), (p // pw) % ph, p % pw
         return eye[c][:, :, None, None] * rows_h[a][:, None, :, None] * rows_w[b][:, None, None, :]
 
@@ -210,12 +212,12 @@ def local_jacobian(
     # Probe (c, a, b) holds, at output (co, oi, oj), the entry of the one input pixel of
     # color (a, b) in that output's window: gather it for every offset of the window.
     (sh, sw), (lh, lw), (kh, kw) = window.stride, window.lo, window.size
-    ii = sh * torch.arange(ho)[:, None] - lh + torch.arange(kh)  # (ho, kh) input rows
-    jj = sw * torch.arange(wo)[:, None] - lw + torch.arange(kw)
+    ii = sh * torch.arange(ho, device=dev)[:, None] - lh + torch.arange(kh, device=dev)
+    jj = sw * torch.arange(wo, device=dev)[:, None] - lw + torch.arange(kw, device=dev)
     Y = Y.view(c_in, ph, pw, c_out, ho, wo).permute(4, 5, 1, 2, 3, 0)
     K = Y[
-        torch.arange(ho)[:, None, None, None],
-        torch.arange(wo)[None, :, None, None],
+        torch.arange(ho, device=dev)[:, None, None, None],
+        torch.arange(wo, device=dev)[None, :, None, None],
         (ii % ph)[:, None, :, None],
         (jj % pw)[None, :, None, :],
     ]

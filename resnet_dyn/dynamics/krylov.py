@@ -71,7 +71,7 @@ def _new_directions(
     for _ in range(3):
         if out.shape[0] >= b:
             break
-        r = torch.randn(b - out.shape[0], n, generator=gen, dtype=w.dtype)
+        r = torch.randn(b - out.shape[0], n, generator=gen, dtype=w.dtype, device=w.device)
         r = _project_out(_project_out(r, basis), out)
         out = torch.cat([out, _orthonormal_span(r, _BLOCK_BREAKDOWN * n**0.5)])
     return out
@@ -104,6 +104,7 @@ def block_lanczos(
     start: torch.Tensor | None = None,
     seed: int = 0,
     check_every: int = 32,
+    device: torch.device | str | None = None,
 ) -> dict[str, EigenPairs]:
     """The ``k`` largest and/or smallest eigenpairs of a symmetric PSD operator on R^n.
 
@@ -118,7 +119,8 @@ def block_lanczos(
     eigenvectors from :func:`lanczos_quadrature`), completed by random ones to a block.
     ``check_every``: rows added between Rayleigh-Ritz checks at first (later a quarter of
     the basis); small when products are expensive (shift-invert solves) and the basis
-    small.
+    small. ``device``: where the Krylov vectors live (that of ``matvec``'s operator;
+    default: ``start``'s, else the CPU).
     """
     if which not in _ENDS:
         raise ConfigError("which", "largest, smallest or both", which)
@@ -135,15 +137,16 @@ def block_lanczos(
     # Rayleigh-Ritz costs O(m^3): checking when the basis has grown by a quarter (or 32
     # rows) keeps it below the cost of the products, at <= 25% extra products.
     next_check = check_every
-    gen = torch.Generator().manual_seed(seed)
+    device = _device(device, start)
+    gen = torch.Generator(device).manual_seed(seed)
     # Preallocated so that growing the basis does not copy it every step.
-    Qbuf = torch.zeros(max_basis + b, n, dtype=torch.float64)
+    Qbuf = torch.zeros(max_basis + b, n, dtype=torch.float64, device=device)
     AQbuf = torch.zeros_like(Qbuf)
-    Hbuf = torch.zeros(max_basis + b, max_basis + b, dtype=torch.float64)
+    Hbuf = torch.zeros(max_basis + b, max_basis + b, dtype=torch.float64, device=device)
     m = matvecs = 0
-    V = torch.randn(b, n, generator=gen, dtype=torch.float64)
+    V = torch.randn(b, n, generator=gen, dtype=torch.float64, device=device)
     if start is not None:
-        V = torch.cat([start.reshape(-1, n).to(torch.float64), V])[:b]
+        V = torch.cat([start.reshape(-1, n).to(device=device, dtype=torch.float64), V])[:b]
     V = _new_directions(V, Qbuf[:0], b, gen)
     while True:
         W = matvec(V)
@@ -161,7 +164,7 @@ def block_lanczos(
             if last or ritz.converged():
                 return ritz.pairs(exact=m >= n, matvecs=matvecs)
             if full:
-                kept = _restart_set(m, keep, ends)
+                kept = _restart_set(m, keep, ends, device)
                 m = kept.shape[0]
                 S = ritz.S[:, kept]
                 Qbuf[:m], AQbuf[:m] = S.T @ Qbuf[: S.shape[0]], S.T @ AQbuf[: S.shape[0]]
@@ -181,10 +184,10 @@ class _Ritz:
         self, H: torch.Tensor, Q: torch.Tensor, AQ: torch.Tensor, k: int, ends: tuple, tol: float
     ) -> None:
         self.theta, self.S = torch.linalg.eigh((H + H.T) / 2)
-        m = self.theta.shape[0]
+        m, dev = self.theta.shape[0], H.device
         order = {
-            "largest": torch.arange(m - 1, m - 1 - min(k, m), -1),
-            "smallest": torch.arange(min(k, m)),
+            "largest": torch.arange(m - 1, m - 1 - min(k, m), -1, device=dev),
+            "smallest": torch.arange(min(k, m), device=dev),
         }
         self.wanted = {e: order[e] for e in ends}
         self.idx = torch.cat(list(self.wanted.values())).unique()
@@ -205,14 +208,23 @@ class _Ritz:
         return out
 
 
-def _restart_set(m: int, keep: int, ends: tuple[str, ...]) -> torch.Tensor:
+def _restart_set(
+    m: int, keep: int, ends: tuple[str, ...], device: torch.device
+) -> torch.Tensor:
     """Indices of the Ritz pairs kept at a restart: ``keep`` from each wanted end."""
     parts = []
     if "largest" in ends:
-        parts.append(torch.arange(max(0, m - keep), m))
+        parts.append(torch.arange(max(0, m - keep), m, device=device))
     if "smallest" in ends:
-        parts.append(torch.arange(min(keep, m)))
+        parts.append(torch.arange(min(keep, m), device=device))
     return torch.cat(parts).unique()
+
+
+def _device(device: torch.device | str | None, like: torch.Tensor | None) -> torch.device:
+    """``device`` if given, else that of ``like``, else the CPU."""
+    if device is not None:
+        return torch.device(device)
+    return like.device if like is not None else torch.device("cpu")
 
 
 @dataclass
@@ -254,6 +266,7 @@ def lanczos_quadrature(
     *,
     tol: float = 1e-6,
     seed: int = 0,
+    device: torch.device | str | None = None,
 ) -> Quadrature:
     """SLQ: ``steps`` Lanczos steps from each of ``probes`` Rademacher vectors, batched.
 
@@ -263,18 +276,20 @@ def lanczos_quadrature(
     eigenvalues; a breakdown (invariant subspace) is continued with a random
     direction, whose nodes get weight zero because T splits into blocks there.
     The extreme Ritz pairs count as converged when their residual is at most
-    ``tol * theta_max``.
+    ``tol * theta_max``. ``device``: where the Lanczos vectors live (default: the CPU).
     """
     if not isinstance(probes, int) or probes < 2:
         raise ConfigError("probes", "an integer >= 2 (error bars need two)", probes)
     if not isinstance(steps, int) or steps < 1:
         raise ConfigError("steps", "a positive integer", steps)
     steps = min(steps, n)
-    gen = torch.Generator().manual_seed(seed)
-    z = torch.randint(0, 2, (probes, n), generator=gen, dtype=torch.float64) * 2 - 1
-    basis = torch.zeros(probes, steps, n, dtype=torch.float64)
-    alpha = torch.zeros(probes, steps, dtype=torch.float64)
-    beta = torch.zeros(probes, steps, dtype=torch.float64)
+    device = _device(device, None)
+    gen = torch.Generator(device).manual_seed(seed)
+    z = torch.randint(0, 2, (probes, n), generator=gen, dtype=torch.float64, device=device)
+    z = z * 2 - 1
+    basis = torch.zeros(probes, steps, n, dtype=torch.float64, device=device)
+    alpha = torch.zeros(probes, steps, dtype=torch.float64, device=device)
+    beta = torch.zeros(probes, steps, dtype=torch.float64, device=device)
     q = z / n**0.5
     for j in range(steps):
         basis[:, j] = q

@@ -88,8 +88,9 @@ def zero_rows(f: UnitMap, seed: int = 0) -> torch.Tensor:
     zeros in ``J t`` for every tangent; a nonzero row does so for a Gaussian ``t`` with
     probability 0, and for two independent ones never in practice. One batched JVP.
     """
-    gen = torch.Generator().manual_seed(seed)
-    t = torch.randn(2, *f.in_shape, generator=gen, dtype=torch.float64).to(f.dtype)
+    gen = torch.Generator(f.x.device).manual_seed(seed)
+    t = torch.randn(2, *f.in_shape, generator=gen, dtype=torch.float64, device=f.x.device)
+    t = t.to(f.dtype)
     with torch.no_grad():
         y = jvp_op(f)(t).reshape(2, -1)
     return (y == 0).all(0)
@@ -108,7 +109,7 @@ def gram_operator(
     repeated = f.dtype == torch.float64 if repeated is None else repeated
     jv, vj = jvp_op(f, repeated=repeated), vjp_op(f)
     if rows is not None:
-        rows = rows.to(torch.long)
+        rows = rows.to(device=f.x.device, dtype=torch.long)
 
         def restricted(U: torch.Tensor) -> torch.Tensor:
             full = U.new_zeros(U.shape[0], f.dim_out)
@@ -240,6 +241,7 @@ def extreme_singular_values(
             max_matvecs=max_matvecs,
             start=start,
             seed=seed,
+            device=f.x.device,
         )
         out = {end: to_singular(f, p, vectors) for end, p in pairs.items()}
     if invert:
@@ -280,11 +282,13 @@ def _shift_invert(
             max_matvecs=max_matvecs,
             seed=seed,
             check_every=block_size or k,
+            device=f.x.device,
         )["largest"]
     except torch.linalg.LinAlgError:  # J (or a pivot block) singular
-        return to_singular(
-            f, block_lanczos(gram_operator(f)[0], f.dim_in, k, "smallest", tol=tol)["smallest"]
+        pairs = block_lanczos(
+            gram_operator(f)[0], f.dim_in, k, "smallest", tol=tol, device=f.x.device
         )
+        return to_singular(f, pairs["smallest"])
     # Rayleigh-Ritz with J itself on the converged subspace: sigma^2 to full accuracy and
     # the Gram residuals ||J^T J z - sigma^2 z|| that the other methods report.
     with torch.no_grad():
@@ -359,4 +363,4 @@ def singular_value_quadrature(
     singular values of those rows of J only (see :func:`gram_operator`).
     """
     matvec, n = gram_operator(f.to(dtype), rows)
-    return lanczos_quadrature(matvec, n, probes, steps, tol=tol, seed=seed)
+    return lanczos_quadrature(matvec, n, probes, steps, tol=tol, seed=seed, device=f.x.device)
