@@ -42,9 +42,10 @@ of a square map by shift-invert, see
 Rows of J that are exactly zero (a unit map's outputs behind an off ReLU: J = D J_sum)
 contribute exact zero singular values and nothing else. Every method counts them
 exactly: the dense path takes the singular values of the other rows (a smaller Gram
-matrix), ``count`` leaves them out of the elimination, ``slq`` runs its quadrature on the other rows only (``note`` says how many were
-set aside), and when there are at least ``top_k`` of them sigma_min = 0 is exact
-(``"slq+zero_rows"``), with no Lanczos run on the slowly converging smallest end.
+matrix), ``count`` leaves them out of the elimination, ``slq`` runs its quadrature on
+the other rows only (``note`` says how many were set aside); when there are at least
+``top_k`` of them sigma_min = 0 is exact (``"count+zero_rows"``, ``"slq+zero_rows"``),
+with no Lanczos run on the slowly converging smallest end.
 """
 
 from __future__ import annotations

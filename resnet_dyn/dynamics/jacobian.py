@@ -198,8 +198,8 @@ def local_jacobian(
     ph, pw = colors(f, window)
     dev = f.x.device
     eye = f.x.new_ones(c_in).diag()
-    rows_h = (torch.arange(h, device=dev) % ph == torch.arange(ph, device=dev)[:, None])
-    rows_w = (torch.arange(w, device=dev) % pw == torch.arange(pw, device=dev)[:, None])
+    rows_h = torch.arange(h, device=dev) % ph == torch.arange(ph, device=dev)[:, None]
+    rows_w = torch.arange(w, device=dev) % pw == torch.arange(pw, device=dev)[:, None]
     rows_h, rows_w = rows_h.to(f.dtype), rows_w.to(f.dtype)
 
     def probes(start: int, stop: int) -> torch.Tensor:

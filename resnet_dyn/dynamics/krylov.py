@@ -208,9 +208,7 @@ class _Ritz:
         return out
 
 
-def _restart_set(
-    m: int, keep: int, ends: tuple[str, ...], device: torch.device
-) -> torch.Tensor:
+def _restart_set(m: int, keep: int, ends: tuple[str, ...], device: torch.device) -> torch.Tensor:
     """Indices of the Ritz pairs kept at a restart: ``keep`` from each wanted end."""
     parts = []
     if "largest" in ends:
