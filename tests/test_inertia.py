@@ -1,0 +1,147 @@
+"""Exact spectral fractions by counting (Sylvester's law of inertia) against dense SVDs, on a
+ResNet trained in the test: its mass near sigma = 1 is continuous, as in real networks,
+which is what broke the quadrature."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+from sklearn.datasets import load_digits
+from torch import nn
+
+from resnet_dyn.dynamics import map_spectrum, unit_map, unit_states
+from resnet_dyn.dynamics.analyze import all_singular_values
+from resnet_dyn.dynamics.inertia import (
+    count_below,
+    countable,
+    exact_fractions,
+    singular_value_counts,
+    singular_value_histogram,
+)
+from resnet_dyn.dynamics.jacobian import LocalJacobian, local_jacobian
+from resnet_dyn.dynamics.maps import UnitMap
+from resnet_dyn.dynamics.stats import spectrum_stats
+from resnet_dyn.dynamics.window import Window
+from resnet_dyn.models import CifarResNet, ResidualUnit
+
+TOL = 1e-3
+
+
+@pytest.fixture(scope="module")
+def trained() -> tuple[CifarResNet, torch.Tensor]:
+    """A ResNet-8 trained to ~99% on scikit-learn's digits (upsampled to 3x12x12, ~5 s)."""
+    digits = load_digits()
+    x = torch.tensor(digits.images, dtype=torch.float32)[:, None] / 16
+    x = F.interpolate(x, size=12, mode="bilinear").repeat(1, 3, 1, 1)
+    x, y = (x - x.mean()) / x.std(), torch.tensor(digits.target)
+    torch.manual_seed(0)
+    net = CifarResNet(depth=8, input_shape=(3, 12, 12))
+    opt = torch.optim.SGD(net.parameters(), lr=0.1, momentum=0.9, weight_decay=5e-4)
+    gen = torch.Generator().manual_seed(0)
+    for _ in range(150):
+        idx = torch.randint(0, len(x), (64,), generator=gen)
+        loss = F.cross_entropy(net(x[idx]), y[idx])
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+    net.eval()
+    with torch.no_grad():
+        assert (net(x).argmax(1) == y).float().mean() > 0.95
+    return net, x[:1]
+
+
+def maps_of(net: CifarResNet, image: torch.Tensor) -> list:
+    states = unit_states(net, image)
+    return [unit_map(net, k, states[k][0], kind) for k in range(3) for kind in ("sum", "unit")]
+
+
+def test_counts_equal_dense_svd_counts_on_every_map_of_a_trained_net(trained) -> None:
+    """Square stride-1 units (16x12x12), the stride-2 opening units (rectangular J) and
+    unit maps with their exactly zero rows; thresholds at the fractions' edges and inside
+    the continuous mass around 1."""
+    net, image = trained
+    thresholds = [TOL, 1 - TOL, 1 + TOL, 0.5, 0.99, 1.01, 2.0]
+    near_one = 0
+    for f in maps_of(net, image):
+        lj = local_jacobian(f)
+        sigma = all_singular_values(lj.dense().double())
+        assert sigma.numel() == min(f.dim_in, f.dim_out)
+        expected = [int((sigma < c).sum()) for c in thresholds]
+        assert singular_value_counts(f, thresholds, lj=lj) == expected, (f.index, f.kind)
+        near_one += int(((sigma - 1).abs() < 0.05).sum())
+        exact = spectrum_stats(sigma, TOL)
+        for key, value in exact_fractions(f, TOL).items():
+            assert value == pytest.approx(exact[key], abs=1e-12), (f.index, f.kind, key)
+        edges = np.linspace(0, float(sigma.max()) * 1.01, 17)
+        dense_hist, _ = np.histogram(sigma.numpy(), bins=edges)
+        hist = singular_value_histogram(f, edges, lj=lj)
+        assert hist.tolist() == dense_hist.tolist(), (f.index, f.kind)
+    # A trained network's spectrum: hundreds of sigma near 1 but none exactly 1.
+    assert near_one > 500
+
+
+def test_slq_error_bars_cover_the_exact_fractions_on_a_trained_net(trained) -> None:
+    """The quadrature's stated error (two standard errors plus its unresolved weight)
+    covers the exact counts on every map of the trained network."""
+    net, image = trained
+    for f in maps_of(net, image):
+        est = map_spectrum(f, method="slq", tol=TOL).stats
+        exact = map_spectrum(f, method="count", tol=TOL).stats
+        assert exact["fractions"] == "exact" and est["fractions"] == "estimated"
+        for key in ("frac_one", "frac_gt_one", "frac_zero"):
+            assert abs(est[key] - exact[key]) <= est[f"{key}_err"], (f.index, f.kind, key)
+
+
+def test_count_below_matches_eigvalsh_on_an_indefinite_local_matrix() -> None:
+    """A random symmetric local matrix on an 8x8 grid (reach 1, 3 channels), shifted into
+    its spectrum: the counts need 2x2 pivots and exactly zero rows to be handled right."""
+    gen = torch.Generator().manual_seed(0)
+    c, h, w = 3, 8, 8
+    K = torch.randn(h, w, 3, 3, c, c, generator=gen, dtype=torch.float64)
+    lj = LocalJacobian(K, Window((1, 1), (1, 1), (1, 1)), torch.Size((c, h, w)), torch.Size((c, h, w)))
+    A = lj.dense()
+    A[:, 5] = 0  # zero rows/columns, as a unit map's masked outputs give
+    A[5, :] = 0
+    A = (A + A.T) / 2
+    sym = LocalJacobian(torch.zeros_like(K), lj.window, lj.in_shape, lj.out_shape)
+    # Write A back as kernels of reach 1: entry [oi, oj, di, dj, u, v] = A[(u, o), (v, o - 1 + d)].
+    grid = A.view(c, h, w, c, h, w)
+    for oi in range(h):
+        for oj in range(w):
+            for di in range(3):
+                for dj in range(3):
+                    i, j = oi - 1 + di, oj - 1 + dj
+                    if 0 <= i < h and 0 <= j < w:
+                        sym.kernels[oi, oj, di, dj] = grid[:, oi, oj, :, i, j]
+    assert torch.equal(sym.dense(), A)
+    eig = torch.linalg.eigvalsh(A)
+    shifts = [-2.0, -0.3, 0.1, 0.7, 3.0]
+    expected = [int((eig < s).sum()) for s in shifts]
+    assert count_below(sym, shifts, leaf=16) == expected
+
+
+def test_stage_maps_are_refused_when_counting_would_be_dense(trained) -> None:
+    net, image = trained
+    f = maps_of(net, image)[0]
+    assert countable(f) == (True, "")
+    ok, why = countable(f, max_gflop=1e-6)
+    assert not ok and "GFLOP" in why
+
+
+def test_counts_of_a_map_with_more_outputs_than_inputs() -> None:
+    """dim_out > dim_in: J J^T has dim_out - dim_in structural zeros, which are not
+    singular values and must not be counted."""
+    torch.manual_seed(0)
+    branch = nn.Sequential(nn.Conv2d(2, 6, 3, padding=1), nn.ReLU(), nn.Conv2d(6, 6, 3, padding=1))
+    unit = ResidualUnit(branch, nn.Conv2d(2, 6, 1), nn.ReLU()).double().eval()
+    x = torch.randn(2, 7, 7, dtype=torch.float64)
+    for kind in ("sum", "unit"):
+        f = UnitMap(((unit, kind == "unit"),), x, kind, 0)
+        assert (f.dim_in, f.dim_out) == (98, 294)
+        sigma = all_singular_values(local_jacobian(f).dense())
+        assert sigma.numel() == 98
+        thresholds = [TOL, 0.5, 1.0, 2.0]
+        expected = [int((sigma < c).sum()) for c in thresholds]
+        assert singular_value_counts(f, thresholds) == expected, kind
