@@ -100,7 +100,8 @@ def test_count_below_matches_eigvalsh_on_an_indefinite_local_matrix() -> None:
     gen = torch.Generator().manual_seed(0)
     c, h, w = 3, 8, 8
     K = torch.randn(h, w, 3, 3, c, c, generator=gen, dtype=torch.float64)
-    lj = LocalJacobian(K, Window((1, 1), (1, 1), (1, 1)), torch.Size((c, h, w)), torch.Size((c, h, w)))
+    shape = torch.Size((c, h, w))
+    lj = LocalJacobian(K, Window((1, 1), (1, 1), (1, 1)), shape, shape)
     A = lj.dense()
     A[:, 5] = 0  # zero rows/columns, as a unit map's masked outputs give
     A[5, :] = 0
