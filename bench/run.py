@@ -322,21 +322,13 @@ def spectrum_map() -> object:
 def bench_spectrum(b: Bench) -> None:
     """Top/bottom-16 singular values by ``extreme_singular_values`` (defaults: block Lanczos
     on the float32 Gram operator for the top, shift-invert through a nested-dissection LU
-    of the colored J for the bottom, J's formation included) vs dense svdvals; SLQ
-    fractions."""
-    from resnet_dyn.dynamics import (
-        extreme_singular_values,
-        jacobian,
-        quadrature_fractions,
-        singular_value_quadrature,
-        spectrum_stats,
-    )
+    of the colored J for the bottom, J's formation included) vs dense svdvals."""
+    from resnet_dyn.dynamics import extreme_singular_values, jacobian
 
     f = spectrum_map()
     J = jacobian(f, "auto").matrix  # the fastest J (coloring); not part of the baseline time
     base, sigma = timed(lambda: torch.linalg.svdvals(J), b.reps)
     sigma = sigma.to(torch.float64)
-    exact = spectrum_stats(sigma)
     for end, name, target in (
         ("largest", "spectrum_top", 10.0),
         ("smallest", "spectrum_bottom", 2.0),
@@ -359,26 +351,90 @@ def bench_spectrum(b: Bench) -> None:
         )
         b.check(name, f"ratio {base / ours:.3g} >= {target:g}", base / ours >= target)
         b.check(name, f"rel_err {rel:.2e} <= 1e-4", rel <= 1e-4)
-    t_slq, quad = timed(lambda: singular_value_quadrature(f, 16, 80), 1)
-    est = quadrature_fractions(quad)
-    worst = max(abs(est[k] - exact[k]) for k in ("frac_one", "frac_gt_one", "frac_zero"))
-    print(
-        f"SLQ spectrum_fractions slq_s={t_slq:.4g} svdvals_s={base:.4g} "
-        + " ".join(
-            f"{k}={est[k]:.4f}/{exact[k]:.4f}(+-{est[k + '_err']:.4f})"
-            for k in ("frac_one", "frac_gt_one", "frac_zero")
+
+
+# --------------------------------------------------------------------------- exact_counts
+
+
+def trained_resnet20(steps: int = 150, seed: int = 0) -> tuple[torch.nn.Module, torch.Tensor]:
+    """A ResNet-20 trained for ``steps`` SGD steps on scikit-learn's digits, upsampled to
+    CIFAR's 3x32x32, and a held-out probe image: real-shaped units with the continuous
+    mass near sigma = 1 of a trained network (a random one has far less of it)."""
+    import torch.nn.functional as F
+    from sklearn.datasets import load_digits
+
+    from resnet_dyn.models import CifarResNet
+
+    digits = load_digits()
+    x = torch.tensor(digits.images, dtype=torch.float32)[:, None] / 16
+    x = F.interpolate(x, size=32, mode="bilinear").repeat(1, 3, 1, 1)
+    x, y = (x - x.mean()) / x.std(), torch.tensor(digits.target)
+    torch.manual_seed(seed)
+    net = CifarResNet(depth=20)
+    opt = torch.optim.SGD(net.parameters(), lr=0.1, momentum=0.9, weight_decay=5e-4)
+    gen = torch.Generator().manual_seed(seed)
+    for _ in range(steps):
+        idx = torch.randint(0, len(x) - 1, (64,), generator=gen)
+        loss = F.cross_entropy(net(x[idx]), y[idx])
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+    return net.eval(), x[-1:]
+
+
+def bench_exact_counts(b: Bench, unit: int = 4) -> None:
+    """frac_one, frac_gt_one, frac_zero of both maps of unit 4 (32x16x16, n = 8192) of a
+    trained ResNet-20: counted (``map_spectrum(method="count")``: J's local kernels by
+    coloring, G = J J^T as local kernels, three nested-dissection LDL^T inertia counts) vs
+    float64 ``svdvals`` of the dense J (J's formation not in the baseline time); SLQ (16
+    probes x 80 steps) with its error bar against the same truth."""
+    from resnet_dyn.dynamics import map_spectrum, unit_map, unit_states
+    from resnet_dyn.dynamics.jacobian import local_jacobian
+    from resnet_dyn.dynamics.stats import spectrum_stats
+
+    t0 = time.perf_counter()
+    net, image = trained_resnet20()
+    print(f"# trained ResNet-20 on digits in {time.perf_counter() - t0:.1f} s", flush=True)
+    x = unit_states(net, image)[unit][0]
+    keys = ("frac_one", "frac_gt_one", "frac_zero")
+    total_ours = total_base = 0.0
+    for kind in ("sum", "unit"):
+        f = unit_map(net, unit, x, kind)
+        J = local_jacobian(f).dense().double()
+        base, sigma = timed(lambda J=J: torch.linalg.svdvals(J), 1)
+        del J
+        exact = spectrum_stats(sigma, 1e-3)
+        ours, counted = timed(lambda f=f: map_spectrum(f, method="count").stats, 1)
+        t_slq, slq = timed(lambda f=f: map_spectrum(f, method="slq").stats, 1)
+        total_ours, total_base = total_ours + ours, total_base + base
+        agree = all(abs(counted[k] - exact[k]) < 0.5 / sigma.numel() for k in keys)
+        covered = all(abs(slq[k] - exact[k]) <= slq[f"{k}_err"] for k in keys)
+        near = int(((sigma - 1).abs() < 0.05).sum())
+        result(
+            f"exact_counts_{kind}",
+            ours,
+            base,
+            n=sigma.numel(),
+            agree=agree,
+            **{k: f"{counted[k]:.4f}/{exact[k]:.4f}" for k in keys},
+            slq_s=t_slq,
+            **{f"slq_{k}": f"{slq[k]:.4f}+-{slq[k + '_err']:.4f}" for k in keys},
+            slq_covers=covered,
+            sigma_within_0_05_of_1=near,
+            baseline="float64_svdvals_of_dense_J",
         )
-        + f" max_diff={worst:.4f}  (slq/dense)",
-        flush=True,
-    )
-    b.check("spectrum_fractions", f"max |slq - dense| {worst:.4f} <= 0.02", worst <= 0.02)
+        b.check(f"exact_counts_{kind}", "counted fractions == dense SVD fractions", agree)
+        b.check(f"exact_counts_{kind}", "SLQ error bar covers the exact fractions", covered)
+    ratio = total_base / total_ours
+    b.check("exact_counts", f"ratio {ratio:.3g} >= 1 (both maps)", ratio >= 1)
 
 
 # ---------------------------------------------------------------------- resnet56_all_units
 
 
-def bench_resnet56_all_units(b: Bench, budget: float = 120.0) -> None:
-    """All 27 units of a ResNet-56, sum and unit maps, ``method="auto"``, one image."""
+def bench_resnet56_all_units(b: Bench, budget: float = 60.0) -> None:
+    """All 27 units of a ResNet-56, sum and unit maps, ``method="auto"``, one image: every
+    map's fractions must be exact (dense SVD or counts)."""
     from collections import Counter
 
     from resnet_dyn.dynamics import analyze_units
@@ -420,8 +476,10 @@ def bench_resnet56_all_units(b: Bench, budget: float = 120.0) -> None:
         budget,
         units=len(res),
         methods="|".join(f"{k}x{v}" for k, v in sorted(methods.items())),
-        baseline="the_120s_budget",
+        baseline=f"the_{budget:g}s_target",
     )
+    exact = all(r[m]["fractions"] == "exact" for r in res for m in ("sum", "unit"))
+    b.check("resnet56_all_units", "fractions: exact on every unit and map", exact)
     b.check("resnet56_all_units", f"{ours:.1f} s <= {budget:g} s", ours <= budget)
 
 
@@ -477,6 +535,7 @@ BENCHMARKS: dict[str, Callable[[Bench], None]] = {
     "jacobian_stage1": bench_jacobian_stage1,
     "jacobian_stage3": bench_jacobian_stage3,
     "spectrum": bench_spectrum,
+    "exact_counts": bench_exact_counts,
     "resnet56_all_units": bench_resnet56_all_units,
     "sweep_overhead": bench_sweep_overhead,
 }
