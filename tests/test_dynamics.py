@@ -310,9 +310,9 @@ def test_analyze_units_and_stages_report_methods_and_raw_spectra() -> None:
     assert [r["index"] for r in res] == [0, 1] and res[1]["stage"] == 1
     assert (res[0]["dim_in"], res[1]["dim_in"], res[1]["dim_out"]) == (2304, 2304, 1152)
     # 2304 > dense_max: fractions counted (sigma_min of the square map by shift-invert);
-    # 1152 <= dense_max: all singular values by coloring.
+    # 1152 <= dense_max: all singular values, from J J^T built from the colored J.
     assert res[0]["sum"]["method"] == "count+shift_invert"
-    assert res[1]["sum"]["method"] == "coloring+svd"
+    assert res[1]["sum"]["method"] == "coloring+gram"
     assert res[0]["sum"]["fractions"] == res[1]["sum"]["fractions"] == "exact"
     arrays = spectra_arrays(res)
     assert arrays["unit01_unit_sigma"].shape == (2, 1152)

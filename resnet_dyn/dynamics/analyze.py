@@ -34,7 +34,9 @@ per-image spectra are under ``r["raw"][map]``. Methods (``method=``):
 
 Every summary says how its fractions were obtained: ``fractions`` is ``"exact"`` (a
 full spectrum or counts), ``"estimated"`` (SLQ) or ``"none"`` (``lanczos``). The method
-used is reported as ``"<jacobian>+svd"``, ``"count+<smallest end>"`` or
+used is reported as ``"<jacobian>+svd"`` (``"coloring+gram"``: all singular values of a
+large conv map as the float64 eigenvalues of J J^T built from J's local kernels),
+``"count+<smallest end>"`` or
 ``"slq+<smallest end>"``, the smallest end being ``lanczos``, ``shift_invert`` (sigma_min
 of a square map by shift-invert, see
 :func:`~resnet_dyn.dynamics.spectrum.shift_invert_applies`) or ``zero_rows`` (below).
@@ -59,10 +61,11 @@ from typing import Any
 import numpy as np
 import torch
 
-from resnet_dyn.dynamics.inertia import countable, exact_fractions
-from resnet_dyn.dynamics.jacobian import jacobian
+from resnet_dyn.dynamics.inertia import countable, exact_fractions, gram_singular_values
+from resnet_dyn.dynamics.jacobian import colors, jacobian, local_jacobian
 from resnet_dyn.dynamics.maps import UnitMap, check_eval, stage_map, unit_map, unit_states
 from resnet_dyn.dynamics.spectrum import (
+    SVD_VALUES_MAX,
     SingularTriplets,
     dense_singular_values,
     extreme_singular_values,
@@ -72,6 +75,7 @@ from resnet_dyn.dynamics.spectrum import (
 )
 from resnet_dyn.dynamics.stats import FRACTIONS, condition, quadrature_fractions, spectrum_stats
 from resnet_dyn.dynamics.stats import summarize as summarize_images
+from resnet_dyn.dynamics.window import NonLocalMap, local_window
 from resnet_dyn.errors import ConfigError
 from resnet_dyn.models.base import ResidualNet
 
@@ -125,21 +129,23 @@ def map_spectrum(
     if method == "auto" and not full_spectrum and min(f.dim_in, f.dim_out) > dense_max:
         method = "count" if countable(f)[0] else "slq"
     if method in ("auto", "dense", "coloring"):
-        jac = jacobian(f, method, chunk_size=chunk_size, memory_mb=memory_mb)
-        sigma = all_singular_values(jac.matrix)
-        stats = spectrum_stats(sigma, tol) | {
-            "method": f"{jac.method}+svd",
-            "fractions": "exact",
-            "note": jac.note,
-        }
+        if method != "dense" and _colored(f) and min(f.dim_in, f.dim_out) > SVD_VALUES_MAX:
+            # Large conv maps: G = J J^T from J's local kernels, never the dense J.
+            local = local_jacobian(f, chunk_size=chunk_size, memory_mb=memory_mb)
+            sigma, how, note = gram_singular_values(local), "coloring+gram", ""
+        else:
+            jac = jacobian(f, method, chunk_size=chunk_size, memory_mb=memory_mb)
+            sigma, how, note = all_singular_values(jac.matrix), f"{jac.method}+svd", jac.note
+        stats = spectrum_stats(sigma, tol) | {"method": how, "fractions": "exact", "note": note}
         return MapSpectrum(stats, sigma, sigma[:top_k], sigma.flip(0)[:top_k])
-    ends, starts, note = {}, {}, ""
+    ends, starts, note, local = {}, {}, "", None
     r = min(f.dim_in, f.dim_out)
     if method == "count":
         ok, why = countable(f)
         if not ok:
             raise ConfigError("method", "auto or slq for this map (count: " + why + ")", method)
-        stats = exact_fractions(f, tol) | {"method": "count", "fractions": "exact"}
+        local = local_jacobian(f)  # shared by the counts and shift-invert
+        stats = exact_fractions(f, tol, lj=local) | {"method": "count", "fractions": "exact"}
         zeros = r - int((~zero_rows(f, seed)).sum().clamp_max(r))
         if zeros >= top_k:  # exact zero rows: sigma_min = 0 with no Lanczos run
             z = torch.zeros(top_k, dtype=torch.float64, device=f.x.device)
@@ -184,6 +190,7 @@ def map_spectrum(
                 start=starts.get(end),
                 seed=seed,
                 dtype=torch.float64,
+                local=local,
             )[end]
     big, small = ends["largest"], ends["smallest"]
     if stats["method"] != "lanczos":
@@ -201,6 +208,15 @@ def map_spectrum(
     return MapSpectrum(stats, None, big.values, small.values)
 
 
+def _colored(f: UnitMap) -> bool:
+    """Whether J(f) is found by coloring (a receptive window, fewer probes than inputs)."""
+    try:
+        window = local_window(f)
+    except NonLocalMap:
+        return False
+    return f.in_shape[0] * math.prod(colors(f, window)) < f.dim_in
+
+
 def _scaled(fracs: dict, share: float, zeros: float) -> dict:
     """Fractions over a subset of the singular values (``share`` of them) as fractions over
     all, with exact zeros (``zeros`` of them) added to ``frac_zero``."""
@@ -213,8 +229,8 @@ def all_singular_values(J: torch.Tensor) -> torch.Tensor:
     """All ``min(m, n)`` singular values of J (float64, descending).
 
     Exactly zero rows (unit maps: outputs behind an off ReLU) only add zero singular
-    values; dropping them first leaves a smaller, wide matrix (a 3191 x 4096 one takes
-    1.3 s where the whole 4096 x 4096 J takes 1.8 s; see :func:`dense_singular_values`).
+    values; dropping them first leaves a smaller, wide matrix whose Gram matrix is
+    smaller too (see :func:`dense_singular_values`).
     """
     r = min(J.shape)
     keep = J.abs().amax(dim=1) > 0

@@ -25,7 +25,13 @@ from dataclasses import dataclass
 import torch
 
 from resnet_dyn.dynamics.gridlu import GridLU, lu_factor_checked
-from resnet_dyn.dynamics.jacobian import jacobian, jvp_op, local_jacobian, vjp_op
+from resnet_dyn.dynamics.jacobian import (
+    LocalJacobian,
+    jacobian,
+    jvp_op,
+    local_jacobian,
+    vjp_op,
+)
 from resnet_dyn.dynamics.krylov import (
     EigenPairs,
     MatVec,
@@ -37,11 +43,16 @@ from resnet_dyn.dynamics.maps import UnitMap
 from resnet_dyn.dynamics.window import NonLocalMap, local_window
 from resnet_dyn.errors import ConfigError
 
-# Shapes with min(m, n) at least this share of max(m, n) go to LAPACK's SVD: a 3191 x 4096
-# J (a unit map's nonzero rows) takes 1.3 s there against 2.1 s for the float64 Gram
-# route, which wins on flatter shapes (2048 x 4096: 0.5 s against 1.7 s; 2048 x 8192:
-# 0.75 s against 4.3 s).
+# Singular vectors of shapes with min(m, n) at least this share of max(m, n) come from
+# LAPACK's SVD: a 3191 x 4096 J (a unit map's nonzero rows) took 1.3 s there against 2.1 s
+# for the float64 Gram route on an Intel Xeon, which wins on flatter shapes (2048 x 4096:
+# 0.5 s against 1.7 s; 2048 x 8192: 0.75 s against 4.3 s).
 SVD_MIN_ASPECT = 0.7
+# Values alone of matrices up to this size come from LAPACK's SVD; larger ones always from
+# the Gram route: on an AMD EPYC, ``svdvals`` of a trained-like 4096 x 4096 float32 J took
+# 10.9 s (16.6 s in float64) against 1.6 s for J J^T and 3.4 s for its float64 eigvalsh,
+# and the Gram route's float64 is the more accurate of the two near sigma = 0 and 1.
+SVD_VALUES_MAX = 512
 
 
 def dense_singular_values(
@@ -50,11 +61,13 @@ def dense_singular_values(
     """All ``min(m, n)`` singular values of ``J`` (descending) and, if asked, right singular
     vectors as rows.
 
-    Square or nearly square J (``SVD_MIN_ASPECT``): LAPACK SVD in ``dtype`` (default
-    J's). Flatter J: eigenvalues of the smaller Gram matrix in float64, much faster there;
-    float64 keeps sigma accurate to ~1e-8 * sigma_max even near 0.
+    Values of a small J (``SVD_VALUES_MAX``), or values and vectors of a square or nearly
+    square J (``SVD_MIN_ASPECT``): LAPACK SVD in ``dtype`` (default J's). Otherwise the
+    eigenvalues of the smaller Gram matrix in float64, which keeps sigma accurate to
+    ~1e-8 * sigma_max even near 0.
     """
-    if min(J.shape) >= SVD_MIN_ASPECT * max(J.shape):
+    small = min(J.shape) <= SVD_VALUES_MAX
+    if (small or vectors) and min(J.shape) >= SVD_MIN_ASPECT * max(J.shape):
         J = J if dtype is None else J.to(dtype)
         if vectors:
             _, s, vh = torch.linalg.svd(J, full_matrices=False)
@@ -187,6 +200,7 @@ def extreme_singular_values(
     start: torch.Tensor | None = None,
     seed: int = 0,
     method: str = "auto",
+    local: LocalJacobian | None = None,
 ) -> dict[str, SingularTriplets]:
     """The ``k`` largest and/or smallest singular values of J(f), by block Lanczos.
 
@@ -204,7 +218,9 @@ def extreme_singular_values(
     stays float32 (twice as fast; errors are ~1e-7 relative to sigma_max, i.e. to the
     values themselves). ``start``: vectors of the Gram operator's space to begin the
     Krylov space with. Residuals are those of the Gram operator. Right singular vectors
-    of a "left" Gram operator are ``J^T u / sigma`` (zero where sigma is 0).
+    of a "left" Gram operator are ``J^T u / sigma`` (zero where sigma is 0). ``local``:
+    J's local kernels in the map's own dtype if already at hand (shift-invert factors
+    them instead of coloring the map again).
     """
     if which not in ("both", "largest", "smallest"):
         raise ConfigError("which", "largest, smallest or both", which)
@@ -246,7 +262,7 @@ def extreme_singular_values(
         out = {end: to_singular(f, p, vectors) for end, p in pairs.items()}
     if invert:
         out["smallest"] = _shift_invert(
-            f, native, k, invert_tol, block_size, max_matvecs, seed, vectors
+            f, native, k, invert_tol, block_size, max_matvecs, seed, vectors, local
         )
     return out
 
@@ -260,6 +276,7 @@ def _shift_invert(
     max_matvecs: int,
     seed: int,
     vectors: bool,
+    local: LocalJacobian | None = None,
 ) -> SingularTriplets:
     """The k smallest singular values of a square J(f) from Lanczos on (J^T J)^-1.
 
@@ -267,7 +284,7 @@ def _shift_invert(
     coloring in float64 costs 4x as much) and factored in float64; the final
     Rayleigh-Ritz step uses ``f`` itself."""
     try:
-        solve, solve_t = _factor(f, native)
+        solve, solve_t = _factor(f, native, local)
 
         def inverse_gram(V: torch.Tensor) -> torch.Tensor:
             return solve(solve_t(V))
@@ -302,14 +319,17 @@ def _shift_invert(
     return SingularTriplets(sigma, residuals, vecs, pairs.converged, pairs.matvecs, "shift_invert")
 
 
-def _factor(f: UnitMap, native: UnitMap) -> tuple[MatVec, MatVec]:
+def _factor(
+    f: UnitMap, native: UnitMap, local: LocalJacobian | None = None
+) -> tuple[MatVec, MatVec]:
     """Row-block solves with J and J^T in float64: a nested-dissection LU for stride-1
     conv maps (:class:`~resnet_dyn.dynamics.gridlu.GridLU`, which reads only the blocks
     it needs from J kept as local kernels), a dense LU otherwise."""
     if _grid_map(f):
         window = local_window(f)
         reach = (max(window.lo[0], window.hi[0]), max(window.lo[1], window.hi[1]))
-        lu = GridLU.factor(local_jacobian(native, window), f.in_shape, reach)
+        local = local_jacobian(native, window) if local is None else local
+        lu = GridLU.factor(local, f.in_shape, reach)
         return lu.solve, lu.solve_t
     LU, piv = lu_factor_checked(jacobian(native).matrix.to(torch.float64))
 
