@@ -148,8 +148,7 @@ def count_below(gram: LocalJacobian, shifts: Sequence[float], *, leaf: int = 512
         F = gram.kernels.new_empty(ns, k + m, k + m)
         F[:, :k, :k] = G_ss
         F[:, :k, :k].diagonal(dim1=1, dim2=2).sub_(shift[:, None])
-        F[:, k:, :k] = G_bs
-        F[:, :k, k:] = F[:, k:, :k].mT
+        F[:, k:, :k] = G_bs  # F_SB is read as F_BS^T: the block above is never used
         F[:, k:, k:] = 0
         pos[idx] = torch.arange(k + m, device=dev)
         flat = F.view(ns, -1)
@@ -170,14 +169,29 @@ def count_below(gram: LocalJacobian, shifts: Sequence[float], *, leaf: int = 512
                 # One LU per shift: the batched LU of this torch/MKL build returns
                 # garbage pivots for blocks of a few hundred rows.
                 for j in range(ns):
-                    X, info = torch.linalg.solve_ex(F_ss[j], F[j, :k, k:])
+                    X, info = torch.linalg.solve_ex(F_ss[j], F[j, k:, :k].mT)
                     failed += info.clamp_min(0)
-                    upd[j].addmm_(F[j, k:, :k], X, alpha=-1)
+                    _symmetric_update(upd[j], F[j, k:, :k], X)
             stack.append((b, upd.contiguous()))
     if failed.item():
         raise torch.linalg.LinAlgError("a pivot block of the shifted Gram matrix is singular")
     zeros = torch.where(shift > 0, dropped, 0)
     return (negatives + zeros).tolist()
+
+
+def _symmetric_update(C: torch.Tensor, A: torch.Tensor, X: torch.Tensor, blocks: int = 4) -> None:
+    """``C -= A @ X`` where C and the product are symmetric (a Schur complement update):
+    only the row blocks' parts on and left of the diagonal are multiplied (5/8 of the
+    work for 4 blocks), the rest is their transpose."""
+    m = C.shape[0]
+    if m < 128 * blocks:
+        C.addmm_(A, X, alpha=-1)
+        return
+    cuts = [m * i // blocks for i in range(blocks + 1)]
+    for lo, hi in zip(cuts, cuts[1:], strict=False):
+        C[lo:hi, :hi].addmm_(A[lo:hi], X[:, :hi], alpha=-1)
+    for lo, hi in zip(cuts, cuts[1:], strict=False):
+        C[:lo, lo:hi] = C[lo:hi, :lo].mT
 
 
 def countable(f: UnitMap, *, max_gflop: float = COUNT_MAX_GFLOP) -> tuple[bool, str]:
