@@ -3,7 +3,10 @@
     net, info = load_model("outputs/.../checkpoints/last.ckpt")
     net, info = load_model("resnet56.th", fmt="akamaster", depth=56)
 
-Every file is read with ``torch.load(weights_only=True)``, so a checkpoint can carry no code.
+Every file is read with ``torch.load(weights_only=True)``, so a checkpoint can carry no code,
+and a checkpoint never chooses code either: its architecture is a model name from the fixed
+registry :data:`resnet_dyn.models.MODELS` plus plain values (numbers, strings, lists), which
+are checked and passed to that class; nothing read from a file reaches ``instantiate``.
 Loading is strict: a mismatch names the missing and unexpected keys.
 """
 
@@ -17,10 +20,9 @@ from typing import Any
 import torch
 from lightning.fabric.plugins import TorchCheckpointIO
 
-from resnet_dyn.config import build
-from resnet_dyn.errors import ConfigError, DataError
+from resnet_dyn.errors import ConfigError, DataError, UserError
 from resnet_dyn.io import write_bytes_atomic
-from resnet_dyn.models import CifarResNet, ResidualNet
+from resnet_dyn.models import MODELS, CifarResNet, ResidualNet
 
 FORMATS = ("lightning", "akamaster")
 
@@ -118,6 +120,59 @@ def units_to_akamaster(state: dict[str, torch.Tensor], depth: int) -> dict[str, 
     return out
 
 
+def _plain(value: Any, where: str) -> str | None:
+    """Where ``value`` holds something other than plain data (None, bool, int, float, str,
+    lists of them, dicts of them with string keys) or a Hydra key such as ``_target_``."""
+    if value is None or isinstance(value, (bool, int, float, str)):
+        return None
+    if isinstance(value, (list, tuple)):
+        return next((w for i, v in enumerate(value) if (w := _plain(v, f"{where}[{i}]"))), None)
+    if isinstance(value, dict):
+        for key, v in value.items():
+            if not isinstance(key, str):
+                return f"{where}: a key of type {type(key).__name__}"
+            if key.startswith("_") and key.endswith("_"):
+                return f"{where}.{key}"
+            if w := _plain(v, f"{where}.{key}"):
+                return w
+        return None
+    return f"{where}: a {type(value).__name__}"
+
+
+# Checkpoints written before the registry stored the model's class path; only these exact
+# strings are understood (as names, never imported).
+_LEGACY_TARGETS = {f"resnet_dyn.models.{cls.__name__}": name for name, cls in MODELS.items()}
+
+
+def _build_architecture(arch: dict, path: Path) -> ResidualNet:
+    """The registered model class named in ``arch`` built from its plain values, or a
+    one-line DataError naming the file; nothing in ``arch`` is imported or called."""
+
+    def refuse(why: str) -> DataError:
+        return DataError(f"checkpoint.path: {path} is refused: {why}")
+
+    model = arch.get("model")
+    if not isinstance(model, dict):
+        raise refuse("its stored architecture has no 'model' dictionary")
+    model = dict(model)
+    if "name" not in model and model.get("_target_") in _LEGACY_TARGETS:
+        model["name"] = _LEGACY_TARGETS[model.pop("_target_")]
+    if bad := _plain(arch | {"model": model}, "architecture"):
+        raise refuse(f"its stored architecture holds {bad}, not a plain value")
+    name = model.pop("name", None)
+    if name not in MODELS:
+        raise refuse(f"its stored model {name!r} is none of {', '.join(MODELS)}")
+    shape, classes = arch.get("input_shape"), arch.get("num_classes")
+    if not (isinstance(shape, list) and all(isinstance(d, int) for d in shape)):
+        raise refuse(f"its stored input_shape {shape!r} is not a list of integers")
+    if not isinstance(classes, int) or isinstance(classes, bool):
+        raise refuse(f"its stored num_classes {classes!r} is not an integer")
+    try:
+        return MODELS[name](**model, input_shape=tuple(shape), num_classes=classes)
+    except (TypeError, UserError) as exc:
+        raise refuse(f"its stored {name} arguments are invalid ({exc})") from None
+
+
 def load_model(
     path: str | Path,
     fmt: str = "lightning",
@@ -153,7 +208,7 @@ def load_model(
             f"checkpoint.path: {path} is not a resnet-dyn checkpoint (no architecture); "
             "for akamaster files set checkpoint.format=akamaster"
         )
-    net = build(arch["model"], input_shape=arch["input_shape"], num_classes=arch["num_classes"])
+    net = _build_architecture(arch, path)
     state = {
         k.removeprefix("net."): v for k, v in ckpt["state_dict"].items() if k.startswith("net.")
     }

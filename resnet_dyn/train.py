@@ -34,6 +34,7 @@ from resnet_dyn.errors import UserError, exit_for_user_error
 from resnet_dyn.io import unwritable_reason, write_json_atomic
 from resnet_dyn.lit import ClassificationModule, Diverged
 from resnet_dyn.loggers import SafeCSVLogger
+from resnet_dyn.models import model_name
 from resnet_dyn.preemption import CheckpointOnSignal, Preempted
 
 log = logging.getLogger("resnet_dyn")
@@ -115,8 +116,11 @@ def build_job(cfg: DictConfig) -> tuple[L.LightningDataModule, ClassificationMod
     analysis key checked: a bad value stops here, before anything is trained or written."""
     datamodule = build(cfg.data)
     net = build(cfg.model, input_shape=datamodule.input_shape, num_classes=datamodule.num_classes)
+    # Plain values only, under a registry name: loading never instantiates what a file says.
+    params = OmegaConf.to_container(cfg.model, resolve=True)
+    params.pop("_target_", None)
     architecture = {
-        "model": OmegaConf.to_container(cfg.model, resolve=True),
+        "model": {"name": model_name(net), **params},
         "input_shape": list(datamodule.input_shape),
         "num_classes": datamodule.num_classes,
         "mean": list(datamodule.mean),

@@ -97,3 +97,65 @@ def test_mapping_is_total_for_resnet56():
     aka = units_to_akamaster(net.state_dict(), 56)
     assert "module.layer3.8.bn2.running_var" in aka
     assert akamaster_to_units(aka, 56).keys() == net.state_dict().keys()
+
+
+def _save(tmp_path, name: str, model: dict, net: CifarResNet | None = None, **arch) -> object:
+    net = net or CifarResNet(depth=8, input_shape=(1, 8, 8), num_classes=10)
+    state = {f"net.{k}": v for k, v in net.state_dict().items()}
+    stored = {"model": model, "input_shape": [1, 8, 8], "num_classes": 10} | arch
+    torch.save({"state_dict": state, "resnet_dyn": stored}, tmp_path / name)
+    return tmp_path / name
+
+
+def test_a_checkpoint_names_its_model_from_the_registry(tmp_path):
+    net = CifarResNet(depth=8, input_shape=(1, 8, 8), num_classes=10, skip_scale=0.5)
+    model = {"name": "cifar_resnet", "depth": 8, "skip_scale": 0.5}
+    path = _save(tmp_path, "named.ckpt", model, net)
+    loaded, info = load_model(path)
+    assert isinstance(loaded, CifarResNet) and loaded.units[0].skip_scale == 0.5
+    assert info["input_shape"] == [1, 8, 8]
+
+
+TOUCH = {
+    "_target_": "pathlib.Path.touch",
+    "self": {"_target_": "pathlib.Path", "_args_": ["{marker}"]},
+}
+
+
+@pytest.mark.parametrize(
+    ("model", "arch", "says"),
+    [
+        # The file asks for a callable by its _target_, at the top or nested anywhere: each
+        # of these writes the marker file when handed to hydra.utils.instantiate.
+        ({"_target_": "builtins.open", "file": "{marker}", "mode": "w"}, {}, "_target_"),
+        (
+            {"name": "cifar_resnet", "depth": 8, "width": TOUCH},
+            {},
+            "architecture.model.width._target_",
+        ),  # fmt: skip
+        ({"name": "cifar_resnet", "depth": 8}, {"mean": [TOUCH]}, "architecture.mean[0]._target_"),
+        ({"name": "os.system", "depth": 8}, {}, "'os.system' is none of"),
+        ({"name": "cifar_resnet", "depth": 8, "_partial_": True}, {}, "_partial_"),
+        ({"name": "cifar_resnet", "depth": torch.tensor(8)}, {}, "a Tensor"),
+        ({"name": "cifar_resnet", "depth": 8, "evil": 1}, {}, "arguments are invalid"),
+        ({"name": "cifar_resnet", "depth": 9}, {}, "model.depth"),
+    ],
+)
+def test_a_crafted_architecture_is_refused_and_nothing_it_asks_for_happens(
+    tmp_path, model, arch, says
+):
+    marker = tmp_path / "marker"
+
+    def fill(value):
+        if isinstance(value, dict):
+            return {k: fill(v) for k, v in value.items()}
+        if isinstance(value, list):
+            return [fill(v) for v in value]
+        return value.format(marker=marker) if isinstance(value, str) else value
+
+    path = _save(tmp_path, "crafted.ckpt", fill(model), **fill(arch))
+    with pytest.raises(UserError) as info:
+        load_model(path)
+    message = str(info.value)
+    assert "\n" not in message and str(path) in message and says in message
+    assert not marker.exists()

@@ -10,14 +10,31 @@ from resnet_dyn.models.base import (
 from resnet_dyn.models.cifar_resnet import CifarResNet
 from resnet_dyn.models.dense import MLP, DeepResNet, DenseResNet
 
+# The model classes a checkpoint may name (by key): loading looks the name up here, so a
+# file never chooses what code runs. The keys are the option names of conf/model.
+MODELS: dict[str, type[ResidualNet]] = {
+    "cifar_resnet": CifarResNet,
+    "dense_resnet": DenseResNet,
+    "mlp": MLP,
+    "deep_resnet": DeepResNet,
+}
+
+
+def model_name(net: ResidualNet) -> str | None:
+    """The :data:`MODELS` key of ``net``'s class, or None for a class not registered."""
+    return next((name for name, cls in MODELS.items() if type(net) is cls), None)
+
+
 __all__ = [
     "MLP",
+    "MODELS",
     "CifarResNet",
     "DeepResNet",
     "DenseResNet",
     "ResidualNet",
     "ResidualUnit",
     "branch_weights",
+    "model_name",
     "scale_weights",
     "set_skip_scale",
 ]
