@@ -158,7 +158,11 @@ def _build_architecture(arch: dict, path: Path) -> ResidualNet:
     if "name" not in model and model.get("_target_") in _LEGACY_TARGETS:
         model["name"] = _LEGACY_TARGETS[model.pop("_target_")]
     if bad := _plain(arch | {"model": model}, "architecture"):
-        raise refuse(f"its stored architecture holds {bad}, not a plain value")
+        raise refuse(
+            f"its stored architecture holds {bad}, not a plain value (a checkpoint names "
+            f"its model as one of {', '.join(MODELS)} with numbers, strings and lists; "
+            "if you trust the file, build the model yourself and load its state_dict)"
+        )
     name = model.pop("name", None)
     if name not in MODELS:
         raise refuse(f"its stored model {name!r} is none of {', '.join(MODELS)}")
