@@ -520,8 +520,9 @@ def bench_resnet56_all_units(b: Bench, budget: float = 60.0) -> None:
 # -------------------------------------------------------------------------- sweep_overhead
 
 
-def bench_sweep_overhead(b: Bench, jobs: int = 20, budget: float = 3.0) -> None:
-    """Per-job wall time of a multirun of ``jobs`` trivial jobs (basic launcher)."""
+def bench_sweep_overhead(b: Bench, jobs: int = 20, target: float = 3.0) -> None:
+    """Per-job wall time of a multirun of ``jobs`` trivial jobs (basic launcher) against the
+    wall time of the same job run on its own (process start, imports, config, one batch)."""
     common = [
         "debug=fast_dev_run",
         "logger=none",
@@ -552,13 +553,10 @@ def bench_sweep_overhead(b: Bench, jobs: int = 20, budget: float = 3.0) -> None:
         total = run(["-m", f"seed={seeds}", *common, f"hydra.sweep.dir={tmp}/sweep"])
         done = len([p for p in Path(tmp, "sweep").iterdir() if p.is_dir()])
     per_job = total / jobs
-    print(
-        f"RESULT sweep_overhead ratio={budget / per_job:.3g} ours_s={per_job:.4g} "
-        f"baseline_s={budget:g} total_s={total:.4g} jobs={jobs} job_dirs={done} "
-        f"single_job_s={single:.4g} baseline=the_3s_per_job_budget",
-        flush=True,
-    )
-    b.check("sweep_overhead", f"{per_job:.2f} s per job <= {budget:g} s", per_job <= budget)
+    ratio = single / per_job
+    result("sweep_overhead", per_job, single, total_s=total, jobs=jobs, job_dirs=done,
+           baseline="one_job_on_its_own")  # fmt: skip
+    b.check("sweep_overhead", f"ratio {ratio:.3g} >= {target:g}", ratio >= target)
 
 
 # ----------------------------------------------------------------------------------- main
