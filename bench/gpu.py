@@ -20,8 +20,10 @@ Prints one ``RESULT`` line per measurement, like bench/run.py:
 from __future__ import annotations
 
 import argparse
+import shutil
 import statistics
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -30,7 +32,7 @@ import torch
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT / "bench"))
 
-from run import analysis_net, machine  # noqa: E402
+from run import analysis_net, bare_trainer, machine  # noqa: E402
 
 
 def sync(device: torch.device) -> None:
@@ -46,7 +48,6 @@ def result(name: str, **fields: object) -> None:
 
 
 def bench_train(device: torch.device, smoke: bool) -> None:
-    import lightning as L
     import torch.nn.functional as F
     from hydra.utils import instantiate
     from omegaconf import OmegaConf
@@ -67,23 +68,13 @@ def bench_train(device: torch.device, smoke: bool) -> None:
 
     optim = OmegaConf.load(ROOT / "conf" / "optim" / "sgd.yaml")
     cuda = device.type == "cuda"
+    root = tempfile.mkdtemp(prefix="bench_gpu_")  # Lightning writes nothing into the repo
 
     def ours(max_steps: int) -> float:
         torch.manual_seed(0)
         module = ClassificationModule(CifarResNet(depth=depth), optim, batch, 10)
-        trainer = L.Trainer(
-            accelerator="gpu" if cuda else "cpu",
-            devices=1,
-            precision="bf16-mixed",
-            max_steps=max_steps,
-            logger=False,
-            enable_checkpointing=False,
-            enable_progress_bar=False,
-            enable_model_summary=False,
-            num_sanity_val_steps=0,
-            limit_val_batches=0,
-            default_root_dir=str(ROOT / ".bench_gpu"),
-        )
+        accelerator = "gpu" if cuda else "cpu"
+        trainer = bare_trainer(root, max_steps, accelerator=accelerator, precision="bf16-mixed")
         t0 = time.perf_counter()
         trainer.fit(module, train_dataloaders=loader())
         sync(device)
@@ -117,6 +108,7 @@ def bench_train(device: torch.device, smoke: bool) -> None:
     ours(warm)
     plain(warm)
     t_ours, t_plain = ours(steps), plain(steps)
+    shutil.rmtree(root, ignore_errors=True)
     result("train", ours_images_s=steps * batch / t_ours, plain_images_s=steps * batch / t_plain,
            ratio=t_plain / t_ours, steps=steps, batch=batch, depth=depth)  # fmt: skip
 

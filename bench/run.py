@@ -166,11 +166,32 @@ def bench_data(b: Bench) -> None:
 # ------------------------------------------------------------------------- train_overhead
 
 
+def bare_trainer(root: str, max_steps: int, **kwargs: object) -> object:
+    """A ``lightning.Trainer`` that only trains: no logger, checkpoints, progress bar, model
+    summary or validation; files (if any) under ``root``; ``kwargs`` add or override."""
+    import lightning as L
+
+    return L.Trainer(
+        **{
+            "default_root_dir": root,
+            "max_steps": max_steps,
+            "accelerator": "cpu",
+            "devices": 1,
+            "logger": False,
+            "enable_checkpointing": False,
+            "enable_progress_bar": False,
+            "enable_model_summary": False,
+            "num_sanity_val_steps": 0,
+            "limit_val_batches": 0,
+        }
+        | kwargs
+    )
+
+
 def bench_train_overhead(b: Bench, steps: int = 30, batch: int = 128) -> None:
     """ResNet-20 steps through ClassificationModule + Lightning vs a plain PyTorch loop."""
     import warnings
 
-    import lightning as L
     import torch.nn.functional as F
     from hydra.utils import instantiate
     from omegaconf import OmegaConf
@@ -193,18 +214,7 @@ def bench_train_overhead(b: Bench, steps: int = 30, batch: int = 128) -> None:
     def ours() -> None:
         torch.manual_seed(0)
         module = ClassificationModule(CifarResNet(depth=20), optim, batch, 10)
-        trainer = L.Trainer(
-            default_root_dir=root,
-            max_steps=steps,
-            accelerator="cpu",
-            devices=1,
-            logger=False,
-            enable_checkpointing=False,
-            enable_progress_bar=False,
-            enable_model_summary=False,
-            num_sanity_val_steps=0,
-            limit_val_batches=0,
-        )
+        trainer = bare_trainer(root, steps)
         trainer.fit(module, train_dataloaders=loader)
         losses["ours"] = float(trainer.callback_metrics["train/loss"])
 
