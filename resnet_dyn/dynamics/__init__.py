@@ -7,7 +7,8 @@
 Building blocks: :mod:`.maps` (unit/stage maps of one image), :mod:`.window`
 (receptive windows), :mod:`.jacobian` (dense and colored Jacobians), :mod:`.krylov`
 (block Lanczos, SLQ), :mod:`.gridlu` (nested-dissection LU of conv Jacobians, for
-shift-invert), :mod:`.spectrum` (singular values), :mod:`.stats`,
+shift-invert), :mod:`.inertia` (exact counts of singular values below thresholds:
+fractions and histograms), :mod:`.spectrum` (singular values), :mod:`.stats`,
 :mod:`.analyze`, :mod:`.interventions`.
 """
 
@@ -17,6 +18,11 @@ from resnet_dyn.dynamics.analyze import (
     analyze_units,
     map_spectrum,
     spectra_arrays,
+)
+from resnet_dyn.dynamics.inertia import (
+    exact_fractions,
+    singular_value_counts,
+    singular_value_histogram,
 )
 from resnet_dyn.dynamics.interventions import accuracy, sweep, with_intervention
 from resnet_dyn.dynamics.jacobian import Jacobian, colored_jacobian, dense_jacobian, jacobian
@@ -52,11 +58,14 @@ __all__ = [
     "colored_jacobian",
     "dense_jacobian",
     "dense_singular_values",
+    "exact_fractions",
     "extreme_singular_values",
     "jacobian",
     "local_window",
     "map_spectrum",
     "quadrature_fractions",
+    "singular_value_counts",
+    "singular_value_histogram",
     "singular_value_quadrature",
     "spectra_arrays",
     "spectrum_stats",
