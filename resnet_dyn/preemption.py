@@ -66,7 +66,8 @@ class Preempted(Exception):
 
 
 class CheckpointOnSignal(L.Callback):
-    """Save ``checkpoint`` and raise :class:`Preempted` at the first step end after a signal."""
+    """Save ``checkpoint`` and raise :class:`Preempted` at the first step end after a signal
+    (after the epoch's validation when that step is the epoch's last)."""
 
     def __init__(self, checkpoint: str | os.PathLike) -> None:
         self.checkpoint = Path(checkpoint)
@@ -89,6 +90,21 @@ class CheckpointOnSignal(L.Callback):
     def on_train_batch_end(self, trainer: L.Trainer, *args: Any) -> None:
         if self.received is None:
             return
+        if trainer.fit_loop.epoch_loop.batch_progress.is_last_batch:
+            # A checkpoint taken here resumes past this epoch's validation, which would then
+            # never run: stop after it instead (on_validation_end or on_train_epoch_end).
+            return
+        self._stop(trainer)
+
+    def on_validation_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        if self.received is not None and not trainer.sanity_checking and trainer.state.fn == "fit":
+            self._stop(trainer)
+
+    def on_train_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        if self.received is not None:
+            self._stop(trainer)
+
+    def _stop(self, trainer: L.Trainer) -> None:
         signum, self.received = self.received, None
         # The full state, to resume; the trainer's checkpoint writer renames it into place.
         trainer.save_checkpoint(self.checkpoint, weights_only=False)

@@ -10,9 +10,12 @@ import subprocess
 import time
 from pathlib import Path
 
+import lightning as L
 import pytest
 import torch
 from conftest import run_cli, start_cli
+
+from resnet_dyn.preemption import CheckpointOnSignal, Preempted
 
 # Digits, ResNet-8: 17 steps per epoch, well under a second each on one core.
 TRAIN = ["model.depth=8", "logger=none", "callbacks=default", "trainer.enable_progress_bar=false"]
@@ -196,3 +199,60 @@ def test_sigkill_mid_epoch_then_rerun_ends_with_the_metrics_of_an_uninterrupted_
     assert resumed.keys() == expected.keys()
     for name, value in expected.items():
         assert resumed[name] == pytest.approx(value, rel=1e-6, abs=1e-7), name
+
+
+class _Tiny(L.LightningModule):
+    """A linear model on 4 batches per epoch that records the epochs it validated."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.layer = torch.nn.Linear(3, 1)
+        self.validated: list[int] = []
+
+    def training_step(self, batch, batch_idx):
+        return self.layer(batch[0]).pow(2).mean()
+
+    def validation_step(self, batch, batch_idx):
+        self.log("val/loss", self.layer(batch[0]).pow(2).mean())
+
+    def on_validation_epoch_end(self) -> None:
+        if not self.trainer.sanity_checking:
+            self.validated.append(self.current_epoch)
+
+    def configure_optimizers(self):
+        return torch.optim.SGD(self.parameters(), lr=0.01)
+
+
+class _SignalAt(L.Callback):
+    """Marks a signal as received when training reaches ``(epoch, batch)``, as the handler of
+    :class:`CheckpointOnSignal` does when SIGTERM lands during that step."""
+
+    def __init__(self, target: CheckpointOnSignal, epoch: int, batch: int) -> None:
+        self.target, self.at = target, (epoch, batch)
+
+    def on_train_batch_start(self, trainer, pl_module, batch, batch_idx) -> None:
+        if (trainer.current_epoch, batch_idx) == self.at:
+            self.target.received = signal.SIGTERM
+
+
+@pytest.mark.parametrize("batch", [1, 3])  # mid-epoch, and the epoch's last batch
+def test_a_signal_on_any_step_loses_no_validation_of_the_resumed_run(batch, tmp_path):
+    data = torch.utils.data.DataLoader(torch.utils.data.TensorDataset(torch.randn(16, 3)), 4)
+    ckpt = tmp_path / "last.ckpt"
+
+    def trainer(*callbacks) -> L.Trainer:
+        return L.Trainer(max_epochs=3, logger=False, enable_checkpointing=False,
+                         enable_progress_bar=False, enable_model_summary=False,
+                         default_root_dir=tmp_path, callbacks=list(callbacks))  # fmt: skip
+
+    stopper = CheckpointOnSignal(ckpt)
+    first = _Tiny()
+    with pytest.raises(Preempted) as stop:
+        trainer(stopper, _SignalAt(stopper, 1, batch)).fit(first, data, data)
+    stopper.teardown(None, first, "fit")
+    # Stopped at the signal's step, or after that epoch's validation if it was the last.
+    assert stop.value.step == 4 + batch + 1
+    assert first.validated == ([0, 1] if batch == 3 else [0])
+    second = _Tiny()
+    trainer().fit(second, data, data, ckpt_path=ckpt)
+    assert sorted(first.validated + second.validated) == [0, 1, 2]
