@@ -62,7 +62,7 @@ import numpy as np
 import torch
 
 from resnet_dyn.dynamics.inertia import countable, exact_fractions, gram_singular_values
-from resnet_dyn.dynamics.jacobian import colors, jacobian, local_jacobian
+from resnet_dyn.dynamics.jacobian import coloring_pays, jacobian, local_jacobian
 from resnet_dyn.dynamics.maps import UnitMap, check_eval, stage_map, unit_map, unit_states
 from resnet_dyn.dynamics.spectrum import (
     SVD_VALUES_MAX,
@@ -75,7 +75,6 @@ from resnet_dyn.dynamics.spectrum import (
 )
 from resnet_dyn.dynamics.stats import FRACTIONS, condition, quadrature_fractions, spectrum_stats
 from resnet_dyn.dynamics.stats import summarize as summarize_images
-from resnet_dyn.dynamics.window import NonLocalMap, local_window
 from resnet_dyn.errors import ConfigError
 from resnet_dyn.models.base import ResidualNet
 
@@ -129,7 +128,7 @@ def map_spectrum(
     if method == "auto" and not full_spectrum and min(f.dim_in, f.dim_out) > dense_max:
         method = "count" if countable(f)[0] else "slq"
     if method in ("auto", "dense", "coloring"):
-        if method != "dense" and _colored(f) and min(f.dim_in, f.dim_out) > SVD_VALUES_MAX:
+        if method != "dense" and coloring_pays(f) and min(f.dim_in, f.dim_out) > SVD_VALUES_MAX:
             # Large conv maps: G = J J^T from J's local kernels, never the dense J.
             local = local_jacobian(f, chunk_size=chunk_size, memory_mb=memory_mb)
             sigma, how, note = gram_singular_values(local), "coloring+gram", ""
@@ -206,15 +205,6 @@ def map_spectrum(
         "note": note,
     }
     return MapSpectrum(stats, None, big.values, small.values)
-
-
-def _colored(f: UnitMap) -> bool:
-    """Whether J(f) is found by coloring (a receptive window, fewer probes than inputs)."""
-    try:
-        window = local_window(f)
-    except NonLocalMap:
-        return False
-    return f.in_shape[0] * math.prod(colors(f, window)) < f.dim_in
 
 
 def _scaled(fracs: dict, share: float, zeros: float) -> dict:

@@ -246,6 +246,20 @@ def _valid_range(stride: int, offset: int, n_out: int, n_in: int) -> range:
     return range(max(0, -(offset // stride)), min(n_out - 1, (n_in - 1 - offset) // stride) + 1)
 
 
+def coloring_probes(f: UnitMap, window: Window) -> int:
+    """JVPs that coloring needs for J(f): ``C_in`` times the colors per axis."""
+    return f.in_shape[0] * math.prod(colors(f, window))
+
+
+def coloring_pays(f: UnitMap) -> bool:
+    """Whether ``jacobian(f, "auto")`` colors: f has a receptive window and coloring needs
+    fewer probes than the ``dim_in`` basis vectors."""
+    try:
+        return coloring_probes(f, local_window(f)) < f.dim_in
+    except NonLocalMap:
+        return False
+
+
 def jacobian(
     f: UnitMap,
     method: str = "auto",
@@ -264,7 +278,7 @@ def jacobian(
     if method != "dense":
         try:
             window = local_window(f)
-            n_probes = f.in_shape[0] * math.prod(colors(f, window))
+            n_probes = coloring_probes(f, window)
             if n_probes < f.dim_in or method == "coloring":
                 J = colored_jacobian(f, window, chunk_size=chunk_size, memory_mb=memory_mb)
                 return Jacobian(J, "coloring", n_probes)
