@@ -527,6 +527,60 @@ def bench_resnet56_all_units(b: Bench, budget: float = 60.0) -> None:
     b.check("resnet56_all_units", f"{ours:.1f} s <= {budget:g} s", ours <= budget)
 
 
+def bench_slq_coverage_make_run(b: Bench, images: int = 4) -> None:
+    """SLQ's error bars on the model ``make run`` trains (``resnet-dyn`` with its defaults,
+    run here as a subprocess into a temporary folder): every unit, sum and unit maps, at
+    ``images`` test images, SLQ (16 probes x 80 steps) against the exact fractions of the
+    dense SVD. Reports how many (map, image, fraction) bars cover the truth, the mean
+    half-width of the bars, and how many have more than 0.05 of unresolved weight."""
+    import numpy as np
+
+    from resnet_dyn.checkpoints import load_model
+    from resnet_dyn.data import DigitsDataModule
+    from resnet_dyn.dynamics import map_spectrum, unit_map, unit_states
+
+    keys = ("frac_one", "frac_gt_one", "frac_zero")
+    with tempfile.TemporaryDirectory() as tmp:
+        t0 = time.perf_counter()
+        subprocess.run(
+            [sys.executable, "-m", "resnet_dyn", "logger=none", f"hydra.run.dir={tmp}",
+             "trainer.enable_progress_bar=false"],
+            check=True, capture_output=True, cwd=tmp,
+        )  # fmt: skip
+        print(f"# make run's model trained in {time.perf_counter() - t0:.1f} s", flush=True)
+        net, _ = load_model(next(Path(tmp).glob("checkpoints/best*.ckpt")))
+    dm = DigitsDataModule()
+    dm.setup("test")
+    x, _ = dm.probe_batch(images)
+    states = unit_states(net, x)
+    covered = total = unresolved = 0
+    widths: list[float] = []
+    t_slq = t_exact = 0.0
+    for k in range(len(net.units)):
+        for kind in ("sum", "unit"):
+            for i in range(images):
+                f = unit_map(net, k, states[k][i], kind)
+                dt, est = timed(lambda f=f: map_spectrum(f, method="slq").stats, 1)
+                de, exact = timed(lambda f=f: map_spectrum(f, method="dense").stats, 1)
+                t_slq, t_exact = t_slq + dt, t_exact + de
+                for key in keys:
+                    total += 1
+                    covered += abs(est[key] - exact[key]) <= est[f"{key}_err"]
+                    unresolved += est[f"{key}_unresolved"] > 0.05
+                    widths.append(est[f"{key}_err"])
+    result(
+        "slq_coverage_make_run",
+        t_slq,
+        t_exact,
+        covered=f"{covered}/{total}",
+        mean_half_width=f"{np.mean(widths):.4f}",
+        unresolved_over_0_05=unresolved,
+        baseline="dense_svd_of_every_map",
+    )
+    b.check("slq_coverage_make_run", f"SLQ bars cover the exact fractions ({covered}/{total})",
+            covered == total)  # fmt: skip
+
+
 # -------------------------------------------------------------------------- sweep_overhead
 
 
@@ -584,6 +638,7 @@ BENCHMARKS: dict[str, Callable[[Bench], None]] = {
 # Run only when named: they take several minutes each.
 OPTIONAL: dict[str, Callable[[Bench], None]] = {
     "exact_counts_resnet56": bench_exact_counts_resnet56,
+    "slq_coverage_make_run": bench_slq_coverage_make_run,
 }
 ALIASES = {"spectrum_top": "spectrum", "spectrum_bottom": "spectrum"}
 

@@ -97,12 +97,16 @@ def _npz_bytes(arrays: dict[str, np.ndarray]) -> bytes:
     return buf.getvalue()
 
 
-def _panels(results: Sequence[dict]) -> dict[str, dict[str, np.ndarray]]:
-    return {
-        r["name"]: {kind: raw["sigma"] for kind, raw in r["raw"].items() if "sigma" in raw}
-        for r in results
-        if any("sigma" in raw for raw in r["raw"].values())
-    }
+def _panels(results: Sequence[dict], field: str) -> dict[str, dict[str, Any]]:
+    """Per unit, per map: all singular values (``field="sigma"``) or the exact histogram
+    summed over images (``"hist_counts"``: ``(counts, edges)``), where there is one."""
+    out: dict[str, dict[str, Any]] = {}
+    for r in results:
+        for kind, raw in r["raw"].items():
+            if field in raw:
+                value = raw[field] if field == "sigma" else (raw[field].sum(0), raw["hist_edges"])
+                out.setdefault(r["name"], {})[kind] = value
+    return out
 
 
 def spectrum_analysis(
@@ -127,7 +131,11 @@ def spectrum_analysis(
     progress = (lambda done, total: advance(f"{done}/{total}")) if advance else None
     results: list[dict] = []
     if unit_maps:
-        results += analyze_units(net, images, a["units"], unit_maps, progress=progress, **options)
+        hist = a["histogram"]
+        results += analyze_units(
+            net, images, a["units"], unit_maps, progress=progress,
+            histogram=hist["units"], bins=hist["bins"], **options,
+        )  # fmt: skip
     stages = (
         analyze_stages(net, images, progress=progress, **options) if "stage" in a["maps"] else []
     )
@@ -136,10 +144,12 @@ def spectrum_analysis(
         out_dir / f"spectra_{tag}.npz", _npz_bytes(spectra_arrays(results + stages))
     )
     figures = []
-    panels = _panels(results + stages)
+    panels, counted = _panels(results + stages, "sigma"), _panels(results, "hist_counts")
+    title = f"singular values ({tag}, {len(images)} images)"
+    if panels or counted:
+        hist = out_dir / f"spectra_hist_{tag}.png"
+        figures.append(spectrum_histograms(panels, hist, title, counted))
     if panels:
-        title = f"singular values ({tag}, {len(images)} images)"
-        figures.append(spectrum_histograms(panels, out_dir / f"spectra_hist_{tag}.png", title))
         figures.append(sorted_spectra(panels, out_dir / f"spectra_sorted_{tag}.png", title))
 
     def strip(r: dict) -> dict:

@@ -67,6 +67,10 @@ def check_analysis_config(acfg: DictConfig | dict, num_units: int) -> dict[str, 
     _positive("analysis.tol", a["tol"])
     _int("analysis.top_k", a["top_k"], 1)
     _choice("analysis.dtype", a["dtype"], tuple(DTYPES))
+    hist = a["histogram"]
+    if hist["units"] != []:
+        check_units("analysis.histogram.units", hist["units"], num_units)
+    _int("analysis.histogram.bins", hist["bins"], 1)
     iv = a["intervention"]
     _positive("analysis.intervention.skip_scale", iv["skip_scale"], zero=True, optional=True)
     _positive("analysis.intervention.weight_scale", iv["weight_scale"], optional=True)
@@ -85,7 +89,8 @@ def check_analysis_config(acfg: DictConfig | dict, num_units: int) -> dict[str, 
     if not isinstance(sigmas, list) or not sigmas or not all(_number(s) and s >= 0 for s in sigmas):
         raise ConfigError("analysis.noise.sigmas", "a non-empty list of numbers >= 0", sigmas)
     units = [a["units"]] if isinstance(a["units"], int) else a["units"]
-    return {**a, "maps": maps, "units": units}
+    counted = [hist["units"]] if isinstance(hist["units"], int) else hist["units"]
+    return {**a, "maps": maps, "units": units, "histogram": {**hist, "units": counted}}
 
 
 def check_optimizer(optim: DictConfig, net: nn.Module) -> None:

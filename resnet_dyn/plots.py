@@ -19,6 +19,7 @@ import numpy as np  # noqa: E402
 from resnet_dyn.io import write_bytes_atomic  # noqa: E402
 
 Panels = Mapping[str, Mapping[str, np.ndarray]]
+CountedPanels = Mapping[str, Mapping[str, tuple[np.ndarray, np.ndarray]]]
 
 
 def _save(fig: plt.Figure, path: str | Path) -> Path:
@@ -45,18 +46,33 @@ def _grid(n: int, size: float = 3.2) -> tuple[plt.Figure, np.ndarray]:
     return fig, axes.flat
 
 
-def spectrum_histograms(panels: Panels, path: str | Path, title: str = "") -> Path:
+def spectrum_histograms(
+    panels: Panels, path: str | Path, title: str = "", counted: CountedPanels | None = None
+) -> Path:
     """One panel per unit (or stage): histograms of its singular values, one colour per map.
 
-    Counts are on a log scale because most singular values sit at exactly 1.
+    ``panels``: all singular values of a map; ``counted``: exact histograms counted at
+    bin edges (``(counts, edges)``, counts summed over images) of maps whose values were
+    never all computed, drawn as steps and labelled "counted". Counts are on a log scale
+    because most singular values sit at exactly 1.
     """
-    fig, axes = _grid(len(panels))
-    for ax, (name, maps) in zip(axes, panels.items(), strict=False):
-        values = [np.asarray(v).ravel() for v in maps.values()]
-        hi = max(1.5, *(float(v.max()) for v in values if v.size))
-        bins = np.linspace(0.0, hi * 1.02, 60)
-        for label, v in zip(maps, values, strict=True):
+    counted = counted or {}
+    names = list(dict.fromkeys([*panels, *counted]))
+    fig, axes = _grid(len(names))
+    for ax, name in zip(axes, names, strict=False):
+        values = {k: np.asarray(v).ravel() for k, v in panels.get(name, {}).items()}
+        steps = counted.get(name, {})
+        hi = max(
+            1.5,
+            *(1.02 * float(v.max()) for v in values.values() if v.size),
+            *(float(e[-1]) for _, e in steps.values()),
+        )
+        bins = np.linspace(0.0, hi, 60)
+        for label, v in values.items():
             ax.hist(v, bins=bins, alpha=0.55, label=label, log=True)
+        for label, (c, e) in steps.items():
+            ax.stairs(c, e, fill=True, alpha=0.55, label=f"{label} (counted)")
+            ax.set_yscale("log")
         ax.axvline(1.0, color="k", lw=0.8, ls=":")
         ax.set_title(name, fontsize=9)
         ax.set_xlabel("singular value", fontsize=8)

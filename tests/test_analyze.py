@@ -67,6 +67,9 @@ def test_analyze_akamaster_checkpoint_on_an_image_folder(tmp_path):
             "analysis.units=[7,8]",
             "analysis.images=2",
             "analysis.maps=[sum,unit]",
+            "analysis.method=count",
+            "analysis.histogram.units=[8]",
+            "analysis.histogram.bins=12",
             "analysis.perturbation.attack=fgsm",
             "analysis.perturbation.eps=0.00392",
             f"hydra.run.dir={tmp_path / 'job'}",
@@ -79,7 +82,9 @@ def test_analyze_akamaster_checkpoint_on_an_image_folder(tmp_path):
     assert summary["status"] == "completed"
     units = summary["analysis"]["units"]
     assert [u["index"] for u in units] == [7, 8] and units[0]["stage"] == 2
-    assert units[0]["dim_in"] == 64 * 8 * 8 and "method" in units[0]["sum"]
+    assert units[0]["dim_in"] == 64 * 8 * 8
+    assert units[0]["sum"]["method"].startswith("count+")
+    assert units[0]["sum"]["fractions"] == units[1]["unit"]["fractions"] == "exact"
     assert 0.0 <= summary["analysis"]["accuracy"] <= 1.0
     pert = summary["analysis"]["perturbation"]
     assert pert["attack"] == "fgsm" and pert["eps"] == 0.00392
@@ -90,7 +95,10 @@ def test_analyze_akamaster_checkpoint_on_an_image_folder(tmp_path):
     assert len(identity["scaled"]) == 9 and identity["scaled_mean"] > 0
     job = tmp_path / "job"
     assert (job / "analysis" / "perturbation_final.png").is_file()
-    assert (job / "analysis" / "spectra_final.npz").is_file()
+    arrays = np.load(job / "analysis" / "spectra_final.npz")
+    assert "unit07_sum_hist_counts" not in arrays  # only the units asked for are counted
+    for kind in ("sum", "unit"):  # every singular value in one of the 12 bins
+        assert arrays[f"unit08_{kind}_hist_counts"].sum(1).tolist() == [4096, 4096]
     assert (job / "analysis" / "spectra_hist_final.png").is_file()
     assert list((job / "wandb").glob("offline-run-*"))
 

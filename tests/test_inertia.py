@@ -146,3 +146,29 @@ def test_counts_of_a_map_with_more_outputs_than_inputs() -> None:
         thresholds = [TOL, 0.5, 1.0, 2.0]
         expected = [int((sigma < c).sum()) for c in thresholds]
         assert singular_value_counts(f, thresholds) == expected, kind
+
+
+def test_exact_histograms_of_chosen_units_equal_dense_svd_histograms(trained, tmp_path) -> None:
+    """analyze_units(histogram=...) on counted maps: every image's bins equal those of the
+    dense SVD (20 edges: three passes of shifts), and the figure draws them."""
+    from resnet_dyn.dynamics import analyze_units
+    from resnet_dyn.plots import spectrum_histograms
+
+    net, image = trained
+    images = torch.cat([image, image.flip(-1)])
+    (r,) = analyze_units(net, images, [1], method="count", histogram=[1], bins=20)
+    states = unit_states(net, images)
+    for kind in ("sum", "unit"):
+        raw = r["raw"][kind]
+        assert "sigma" not in raw and raw["hist_counts"].shape == (2, 20)
+        for i in range(2):
+            f = unit_map(net, 1, states[1][i], kind)
+            sigma = all_singular_values(local_jacobian(f).dense().double()).numpy()
+            dense, _ = np.histogram(sigma, bins=raw["hist_edges"])
+            assert raw["hist_counts"][i].tolist() == dense.tolist(), (kind, i)
+    (untouched,) = analyze_units(net, image, [2], method="count", histogram=[1])
+    assert "hist_counts" not in untouched["raw"]["sum"]
+    counted = {"unit01": {k: (r["raw"][k]["hist_counts"].sum(0), r["raw"][k]["hist_edges"])
+                          for k in ("sum", "unit")}}  # fmt: skip
+    path = spectrum_histograms({}, tmp_path / "h.png", "counted", counted)
+    assert path.stat().st_size > 1000

@@ -61,7 +61,12 @@ from typing import Any
 import numpy as np
 import torch
 
-from resnet_dyn.dynamics.inertia import countable, exact_fractions, gram_singular_values
+from resnet_dyn.dynamics.inertia import (
+    countable,
+    exact_fractions,
+    gram_singular_values,
+    singular_value_histogram,
+)
 from resnet_dyn.dynamics.jacobian import coloring_pays, jacobian, local_jacobian
 from resnet_dyn.dynamics.maps import UnitMap, check_eval, stage_map, unit_map, unit_states
 from resnet_dyn.dynamics.spectrum import (
@@ -271,6 +276,23 @@ def _record(maps: Sequence[UnitMap], options: dict) -> tuple[dict, dict]:
     return summarize_images([p.stats for p in per]), raw
 
 
+def exact_histogram(maps: Sequence[UnitMap], raw: dict, bins: int = 40) -> str:
+    """Exact histograms of the singular values of maps with no full spectrum, by counting
+    at the bin edges (:func:`~resnet_dyn.dynamics.inertia.singular_value_histogram`, one
+    LDL^T per edge): ``raw["hist_counts"]`` (images x bins) and ``raw["hist_edges"]``,
+    ``bins`` equal bins on [0, 1.02 * the largest sigma_max over the images] (at least
+    [0, 1.5]). Returns ``""``, or why no histogram was counted."""
+    ok, why = countable(maps[0])
+    if not ok:
+        return f"no exact histogram: {why}"
+    hi = max(1.5, 1.02 * float(raw["largest"][:, 0].max()))
+    edges = torch.linspace(0.0, hi, bins + 1, dtype=torch.float64)
+    counts = [singular_value_histogram(f, edges) for f in maps]
+    raw["hist_edges"] = edges.numpy()
+    raw["hist_counts"] = torch.stack(counts).cpu().numpy()
+    return ""
+
+
 def analyze_units(
     net: ResidualNet,
     images: torch.Tensor,
@@ -279,6 +301,8 @@ def analyze_units(
     *,
     dtype: torch.dtype | str | None = None,
     progress: Progress | None = None,
+    histogram: str | Iterable[int] = (),
+    bins: int = 40,
     **options: Any,
 ) -> list[dict]:
     """Spectral statistics of the ``maps`` ("sum", "unit") of ``units`` at each of ``images``.
@@ -287,10 +311,13 @@ def analyze_units(
     <map>: summary, "raw": {<map>: {"sigma"?, "largest", "smallest", "per_image"}}}``.
     ``dtype`` ("float32"/"float64") runs a converted copy of ``net``; the analysis runs
     on the model's device. ``progress(done, total)`` is called after each unit.
-    ``options`` go to :func:`map_spectrum`.
+    ``histogram`` (unit indices or "all"): units whose maps without a full spectrum get
+    exact histograms of ``bins`` bins (:func:`exact_histogram`; a reason in the summary's
+    ``note`` where none could be counted). ``options`` go to :func:`map_spectrum`.
     """
     check_eval(net)
     idx = _select(units, len(net.units), "units")
+    counted = set(_select(histogram, len(net.units), "histogram")) if histogram else set()
     maps = tuple(maps)
     if not maps or any(m not in ("sum", "unit") for m in maps):
         raise ConfigError("maps", "sum and/or unit (stage maps: analyze_stages)", maps)
@@ -303,6 +330,9 @@ def analyze_units(
         for kind in maps:
             fs = [unit_map(net, k, x[i], kind) for i in range(x.shape[0])]
             entry[kind], entry["raw"][kind] = _record(fs, options)
+            if k in counted and "sigma" not in entry["raw"][kind]:
+                why = exact_histogram(fs, entry["raw"][kind], bins)
+                entry[kind]["note"] = "; ".join(n for n in (entry[kind]["note"], why) if n)
         entry["dim_in"], entry["dim_out"] = fs[0].dim_in, fs[0].dim_out
         results.append(entry)
         if progress is not None:
@@ -352,7 +382,8 @@ def analyze_stages(
 
 def spectra_arrays(results: Sequence[dict]) -> dict[str, np.ndarray]:
     """The raw per-image arrays of results, flat for ``np.savez``: ``<name>_<map>_<field>``
-    with fields ``sigma`` (images x min(dim_in, dim_out)), ``largest`` and ``smallest``."""
+    with fields ``sigma`` (images x min(dim_in, dim_out)), ``largest``, ``smallest`` and,
+    for exact histograms, ``hist_counts`` (images x bins) and ``hist_edges``."""
     return {
         f"{r['name']}_{kind}_{field}": value
         for r in results

@@ -40,6 +40,7 @@ from resnet_dyn.dynamics.window import NonLocalMap, Window, local_window
 # Above this many floating-point operations per count, a map's fractions are not counted
 # (``count_flops``): a stage map's window spans the whole grid, making G dense.
 COUNT_MAX_GFLOP = 400.0
+SHIFTS_PER_PASS = 8  # shifts factored together by singular_value_counts
 
 
 def gram_kernels(lj: LocalJacobian, dtype: torch.dtype = torch.float64) -> LocalJacobian:
@@ -223,7 +224,13 @@ def singular_value_counts(
     if any(not c > 0 for c in thresholds):
         raise ValueError(f"thresholds must be positive, got {list(thresholds)}")
     lj = local_jacobian(f) if lj is None else lj
-    below = count_below(gram_kernels(lj), [c * c for c in thresholds])
+    gram = gram_kernels(lj)
+    shifts = [c * c for c in thresholds]
+    # Each shift in a pass holds its own copy of every front: a few per pass bound memory.
+    below = [
+        n for i in range(0, len(shifts), SHIFTS_PER_PASS)
+        for n in count_below(gram, shifts[i : i + SHIFTS_PER_PASS])
+    ]  # fmt: skip
     extra = max(0, f.dim_out - f.dim_in)
     return [b - extra for b in below]
 
