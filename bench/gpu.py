@@ -53,8 +53,8 @@ def bench_train(device: torch.device, smoke: bool) -> None:
     from omegaconf import OmegaConf
 
     from resnet_dyn.data.resident import ResidentLoader
-    from resnet_dyn.lit import ClassificationModule
     from resnet_dyn.models import CifarResNet
+    from resnet_dyn.training.module import ClassificationModule
 
     n, batch, steps, depth = (512, 32, 4, 8) if smoke else (50_000, 128, 200, 56)
     gen = torch.Generator().manual_seed(0)

@@ -197,8 +197,8 @@ def bench_train_overhead(b: Bench, steps: int = 30, batch: int = 128) -> None:
     from omegaconf import OmegaConf
     from torch.utils.data import DataLoader, TensorDataset
 
-    from resnet_dyn.lit import ClassificationModule, lr_factor
     from resnet_dyn.models import CifarResNet
+    from resnet_dyn.training.module import ClassificationModule, lr_factor
 
     optim = OmegaConf.load(ROOT / "conf" / "optim" / "sgd.yaml")
     g = torch.Generator().manual_seed(0)
@@ -535,7 +535,7 @@ def bench_slq_coverage_make_run(b: Bench, images: int = 4) -> None:
     half-width of the bars, and how many have more than 0.05 of unresolved weight."""
     import numpy as np
 
-    from resnet_dyn.checkpoints import load_model
+    from resnet_dyn.analysis.checkpoints import load_model
     from resnet_dyn.data import DigitsDataModule
     from resnet_dyn.dynamics import map_spectrum, unit_map, unit_states
 

@@ -1,4 +1,5 @@
-"""User-facing errors: one line that names the offending key or file and what is expected.
+"""User-facing errors: one line that names the offending key or file and what is expected,
+and the one set of value checks that raise them (configs, models, data, callbacks, analyses).
 
 Entry points catch :class:`UserError` and print ``error: <message>`` instead of a
 traceback (set ``HYDRA_FULL_ERROR=1`` to see the traceback anyway).
@@ -8,6 +9,7 @@ from __future__ import annotations
 
 import os
 import sys
+from collections.abc import Sequence
 from typing import Any
 
 
@@ -31,14 +33,37 @@ class DataError(UserError, FileNotFoundError):
     """A dataset, image folder or file that is missing or unreadable."""
 
 
-def check_positive(key: str, value: float, *, allow_zero: bool = False) -> None:
-    """Raise :class:`ConfigError` unless ``value`` is a positive (or non-negative) number."""
+def check_int(key: str, value: Any, minimum: int | None = None) -> int:
+    """``value`` if it is an integer (>= ``minimum``), else :class:`ConfigError` naming ``key``."""
+    if (
+        not isinstance(value, int)
+        or isinstance(value, bool)
+        or (minimum is not None and value < minimum)
+    ):
+        expected = "an integer" if minimum is None else f"an integer >= {minimum}"
+        raise ConfigError(key, expected, value)
+    return value
+
+
+def check_positive(
+    key: str, value: Any, *, allow_zero: bool = False, optional: bool = False
+) -> Any:
+    """``value`` if it is a number > 0 (>= 0 with ``allow_zero``; or None when ``optional``),
+    else :class:`ConfigError` naming ``key``."""
+    if value is None and optional:
+        return value
     ok = isinstance(value, (int, float)) and not isinstance(value, bool)
-    ok = ok and (value >= 0 if allow_zero else value > 0)
-    if not ok:
-        raise ConfigError(
-            key, "a non-negative number" if allow_zero else "a positive number", value
-        )
+    if not (ok and (value >= 0 if allow_zero else value > 0)):
+        expected = "a number >= 0" if allow_zero else "a number > 0"
+        raise ConfigError(key, expected + (" or null" if optional else ""), value)
+    return value
+
+
+def check_choice(key: str, value: Any, choices: Sequence[str]) -> Any:
+    """``value`` if it is one of ``choices``, else :class:`ConfigError` listing them."""
+    if value not in choices:
+        raise ConfigError(key, " | ".join(choices), value)
+    return value
 
 
 def check_bool(key: str, value: Any, *, optional: bool = False) -> bool | None:

@@ -9,7 +9,7 @@ import torch
 from conftest import compose_config, make_image_folder, run_cli
 from test_checkpoints import akamaster_state
 
-from resnet_dyn.train import run_job
+from resnet_dyn.training.job import run_job
 
 CIFAR10 = "[airplane,automobile,bird,cat,deer,dog,frog,horse,ship,truck]"
 
@@ -75,7 +75,7 @@ def test_analyze_akamaster_checkpoint_on_an_image_folder(tmp_path):
             f"hydra.run.dir={tmp_path / 'job'}",
         ],  # fmt: skip
         cwd=tmp_path,
-        module="resnet_dyn.analyze",
+        module="resnet_dyn.cli.analyze",
     )
     assert result.returncode == 0, result.stderr[-3000:]
     summary = json.loads((tmp_path / "job" / "summary.json").read_text())
@@ -107,7 +107,7 @@ def test_analyze_bad_unit_index_is_one_line(tmp_path):
     result = run_cli(
         ["analysis.units=[99]", "logger=none", f"hydra.run.dir={tmp_path / 'job'}"],
         cwd=tmp_path,
-        module="resnet_dyn.analyze",
+        module="resnet_dyn.cli.analyze",
     )
     assert result.returncode == 2
     assert "analysis.units" in result.stderr and "Traceback" not in result.stderr

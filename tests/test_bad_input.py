@@ -12,7 +12,7 @@ import yaml
 from conftest import CONF, compose_config, run_cli
 
 from resnet_dyn.errors import UserError
-from resnet_dyn.train import build_job
+from resnet_dyn.training.job import build_job
 
 DENSE = ["model=dense_resnet", "data=circles"]
 MLP = ["model=mlp", "data=circles"]

@@ -13,8 +13,8 @@ from conftest import CONF
 from omegaconf import OmegaConf
 
 from resnet_dyn.data.resident import ResidentLoader
-from resnet_dyn.lit import ClassificationModule
 from resnet_dyn.models.cifar_resnet import CifarResNet
+from resnet_dyn.training.module import ClassificationModule
 
 
 class _Losses(L.Callback):

@@ -3,7 +3,7 @@
 import pytest
 import torch
 
-from resnet_dyn.checkpoints import akamaster_to_units, load_model, units_to_akamaster
+from resnet_dyn.analysis.checkpoints import akamaster_to_units, load_model, units_to_akamaster
 from resnet_dyn.errors import UserError
 from resnet_dyn.models import CifarResNet
 

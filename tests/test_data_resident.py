@@ -22,7 +22,7 @@ from torchvision import datasets
 from torchvision.transforms import v2
 from torchvision.transforms.v2 import functional as TF
 
-from resnet_dyn.config import build
+from resnet_dyn.config.build import build
 from resnet_dyn.data import (
     CIFAR10DataModule,
     CIFAR100DataModule,
@@ -33,7 +33,7 @@ from resnet_dyn.data import (
 from resnet_dyn.data import resident as resident_module
 from resnet_dyn.data.resident import CropFlip, ResidentLoader, normalise
 from resnet_dyn.errors import ConfigError
-from resnet_dyn.train import run_job
+from resnet_dyn.training.job import run_job
 
 # ---------------------------------------------------------------- fake dataset files
 

@@ -8,14 +8,14 @@ import json
 import numpy as np
 import pytest
 import torch
-from conftest import compose_config
+from conftest import compose_config, run_cli
 
-from resnet_dyn.checkpoints import load_model
-from resnet_dyn.config import build
+from resnet_dyn.analysis.checkpoints import load_model
+from resnet_dyn.config.build import build
 from resnet_dyn.dynamics.identity import identity_magnitudes
 from resnet_dyn.dynamics.perturbation import perturbation_analysis, to_pixels
 from resnet_dyn.errors import ConfigError
-from resnet_dyn.train import run_job
+from resnet_dyn.training.job import run_job
 
 QUIET = ["debug=tiny", "trainer.enable_progress_bar=false"]
 CIRCLES = ["model=dense_resnet", "data=circles", "callbacks=lagzi", "logger=none"]
@@ -38,7 +38,7 @@ def test_perturbation_callback_curves_figure_and_wandb(tmp_path):
     cfg = compose_config("train", QUIET + overrides, tmp_path)
     summary = run_job(cfg)
     p = summary["analysis"]["perturbation"]
-    assert (p["attack"], p["images"], p["epoch"]) == ("fgsm", 16, 2)
+    assert (p["attack"], p["images"]) == ("fgsm", 16)
     for curve in ("adversarial_rel", "random_rel", "adversarial_abs", "random_abs"):
         assert len(p[curve]) == 3 + 1  # the input of each of the 3 units and the output
     assert p["attacked_accuracy"] <= p["clean_accuracy"]
@@ -56,6 +56,23 @@ def test_perturbation_callback_curves_figure_and_wandb(tmp_path):
     assert metric_rows(tmp_path, "perturbation/final_ratio") == [pytest.approx(p["final_ratio"])]
     wandb_log = next((tmp_path / "wandb").glob("offline-run-*/*.wandb")).read_bytes()
     assert b"perturbation/rel" in wandb_log and b"perturbation/abs" in wandb_log
+    # resnet-dyn-analyze on the same network and images: the same fields and values.
+    job = tmp_path / "analyze"
+    result = run_cli(
+        [f"checkpoint.path={tmp_path / 'checkpoints' / 'last.ckpt'}", "analysis.images=16",
+         "analysis.units=[0]", "analysis.maps=[sum]", "logger=none", f"hydra.run.dir={job}"],
+        cwd=tmp_path, module="resnet_dyn.cli.analyze",
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr[-2000:]
+    analysed = json.loads((job / "summary.json").read_text())["analysis"]["perturbation"]
+    assert sorted(analysed) == sorted(on_disk)
+    for key, value in on_disk.items():
+        if key == "figure":
+            assert analysed[key] == "perturbation_final.png"
+        elif isinstance(value, (float, list)):
+            assert analysed[key] == pytest.approx(value, rel=1e-5), key
+        else:
+            assert analysed[key] == value, key
 
 
 def test_identity_callback_every_epoch_and_summary(tmp_path):

@@ -15,7 +15,7 @@ import pytest
 import torch
 from conftest import run_cli, start_cli
 
-from resnet_dyn.preemption import CheckpointOnSignal, Preempted
+from resnet_dyn.training.preemption import CheckpointOnSignal, Preempted
 
 # Digits, ResNet-8: 17 steps per epoch, well under a second each on one core.
 TRAIN = ["model.depth=8", "logger=none", "callbacks=default", "trainer.enable_progress_bar=false"]
@@ -126,7 +126,7 @@ def test_a_full_disk_mid_training_is_one_line_and_leaves_no_half_written_file(tm
 
 
 def test_csv_rows_survive_a_resume_and_a_torn_row_is_cut(tmp_path):
-    from resnet_dyn.loggers import SafeCSVLogger
+    from resnet_dyn.training.loggers import SafeCSVLogger
 
     logger = SafeCSVLogger(save_dir=tmp_path, name="csv", version="")
     for step in range(3):
@@ -162,7 +162,7 @@ def test_no_secret_from_the_environment_is_written_anywhere(tmp_path):
     result = run_cli(args, cwd=tmp_path, env=secrets)
     assert result.returncode == 0, result.stderr[-2000:]
     assert list(sweep.glob("0/wandb/offline-run-*/run-*.wandb"))  # a real offline run
-    report = run_cli([str(sweep)], cwd=tmp_path, module="resnet_dyn.report", env=secrets)
+    report = run_cli([str(sweep)], cwd=tmp_path, module="resnet_dyn.cli.report", env=secrets)
     assert report.returncode == 0, report.stderr[-2000:]
     files = [p for p in sweep.rglob("*") if p.is_file()]
     assert len(files) > 20 and any(p.name == "report.html" for p in files)

@@ -152,7 +152,7 @@ def test_exact_histograms_of_chosen_units_equal_dense_svd_histograms(trained, tm
     """analyze_units(histogram=...) on counted maps: every image's bins equal those of the
     dense SVD (20 edges: three passes of shifts), and the figure draws them."""
     from resnet_dyn.dynamics import analyze_units
-    from resnet_dyn.plots import spectrum_histograms
+    from resnet_dyn.plots.spectra import spectrum_histograms
 
     net, image = trained
     images = torch.cat([image, image.flip(-1)])

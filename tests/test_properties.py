@@ -18,7 +18,7 @@ from resnet_dyn.dynamics import (
     unit_map,
     unit_states,
 )
-from resnet_dyn.io import write_json_atomic
+from resnet_dyn.files import write_json_atomic
 from resnet_dyn.models import CifarResNet, DenseResNet, ResidualNet, ResidualUnit
 
 SETTINGS = settings(max_examples=8, deadline=None, suppress_health_check=[HealthCheck.too_slow])

@@ -18,9 +18,11 @@ import yaml
 from conftest import run_cli
 from PIL import Image
 
-from resnet_dyn.report import build_report, load_sweep, main
-from resnet_dyn.report_batch import batch_results, batch_scaling, iterations_to_loss
-from resnet_dyn.report_figures import identity_scaling
+from resnet_dyn.cli.report import main
+from resnet_dyn.report.batch import batch_results, batch_scaling, iterations_to_loss
+from resnet_dyn.report.build import build_report
+from resnet_dyn.report.figures import identity_scaling
+from resnet_dyn.report.sweep import load_sweep
 
 NASTY_TAG = "<script>alert(1)</script>"
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
@@ -46,7 +48,7 @@ def sweep(tmp_path_factory) -> tuple[Path, subprocess.CompletedProcess]:
     ]
     made = run_cli(args, cwd=root.parent)
     assert made.returncode == 0, made.stderr[-2000:]
-    return root, run_cli([str(root)], cwd=root.parent, module="resnet_dyn.report")
+    return root, run_cli([str(root)], cwd=root.parent, module="resnet_dyn.cli.report")
 
 
 def read_csv(path: Path) -> list[dict[str, str]]:
@@ -146,7 +148,7 @@ def test_real_sweep_figures_and_page(sweep):
 
 def test_missing_folder_is_one_line_error(tmp_path):
     missing = tmp_path / "no-such-sweep"
-    result = run_cli([str(missing)], cwd=tmp_path, module="resnet_dyn.report")
+    result = run_cli([str(missing)], cwd=tmp_path, module="resnet_dyn.cli.report")
     assert result.returncode == 2
     assert result.stderr.strip() == f"error: {missing}: no such folder"
     assert result.stdout == ""
@@ -166,7 +168,7 @@ def test_read_only_sweep_is_one_line_error(tmp_path, capsys, monkeypatch):
     def refuse(root: Path) -> None:
         raise PermissionError(13, "Permission denied", str(root / "summary.csv"))
 
-    monkeypatch.setattr("resnet_dyn.report.build_report", refuse)
+    monkeypatch.setattr("resnet_dyn.cli.report.build_report", refuse)
     with pytest.raises(SystemExit) as stop:
         main([str(tmp_path)])
     assert stop.value.code == 2

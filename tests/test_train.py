@@ -13,9 +13,9 @@ from pathlib import Path
 import pytest
 from conftest import CONF, compose_config, make_image_folder, run_cli
 
-from resnet_dyn.config import build
-from resnet_dyn.lit import lr_factor, scaled_lr
-from resnet_dyn.train import run_job
+from resnet_dyn.config.build import build
+from resnet_dyn.training.job import run_job
+from resnet_dyn.training.module import lr_factor, scaled_lr
 
 GROUP_OPTIONS = {
     group: sorted(p.stem for p in (CONF / group).glob("*.yaml"))

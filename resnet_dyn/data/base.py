@@ -20,7 +20,7 @@ from torch import Tensor
 from torch.utils.data import DataLoader, Dataset, Subset
 
 from resnet_dyn.data.resident import ResidentLoader, fits
-from resnet_dyn.errors import ConfigError, check_bool
+from resnet_dyn.errors import ConfigError, check_bool, check_int
 
 Split = tuple[Dataset, Dataset, Dataset]
 LOADERS = ("resident", "torchvision")
@@ -68,18 +68,6 @@ class Transformed(Dataset):
 def seeded_permutation(n: int, seed: int) -> list[int]:
     """The same permutation of ``range(n)`` for the same seed, on every machine."""
     return torch.randperm(n, generator=torch.Generator().manual_seed(seed)).tolist()
-
-
-def check_int(key: str, value: Any, minimum: int | None = None) -> int:
-    """``value`` as an int, or :class:`ConfigError` naming ``key``."""
-    if (
-        not isinstance(value, int)
-        or isinstance(value, bool)
-        or (minimum is not None and value < minimum)
-    ):
-        expected = "an integer" if minimum is None else f"an integer >= {minimum}"
-        raise ConfigError(key, expected, value)
-    return value
 
 
 def check_loader(value: Any) -> str:

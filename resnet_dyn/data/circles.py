@@ -13,8 +13,8 @@ from collections.abc import Sequence
 import torch
 from sklearn.datasets import make_circles
 
-from resnet_dyn.data.base import BaseDataModule, Split, TensorImages, check_int
-from resnet_dyn.errors import ConfigError, check_positive
+from resnet_dyn.data.base import BaseDataModule, Split, TensorImages
+from resnet_dyn.errors import ConfigError, check_int, check_positive
 
 
 class CirclesDataModule(BaseDataModule):

@@ -19,8 +19,8 @@ from PIL import Image, UnidentifiedImageError
 from torchvision.datasets import ImageFolder
 from torchvision.transforms.v2.functional import pil_to_tensor
 
-from resnet_dyn.data.base import BaseDataModule, Split, TensorImages, check_int
-from resnet_dyn.errors import ConfigError, DataError, check_bool
+from resnet_dyn.data.base import BaseDataModule, Split, TensorImages
+from resnet_dyn.errors import ConfigError, DataError, check_bool, check_int
 
 
 def _visible(path: str) -> bool:

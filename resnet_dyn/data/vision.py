@@ -31,11 +31,9 @@ from resnet_dyn.data.base import (
     BaseDataModule,
     Split,
     Transformed,
-    check_bool,
-    check_int,
     seeded_permutation,
 )
-from resnet_dyn.errors import ConfigError, DataError
+from resnet_dyn.errors import ConfigError, DataError, check_bool, check_int
 
 
 def _one_line(exc: BaseException, limit: int = 200) -> str:

@@ -45,7 +45,6 @@ from resnet_dyn.dynamics.maps import check_eval
 from resnet_dyn.dynamics.perturbation import propagate
 from resnet_dyn.errors import ConfigError
 from resnet_dyn.models.base import ResidualNet
-from resnet_dyn.models.dense import DenseResNet
 
 # f' as a function of y = f(a): what the continuous-time residual equation needs.
 _DERIVATIVE_OF_OUTPUT: dict[str, Callable[[np.ndarray], np.ndarray]] = {
@@ -65,7 +64,7 @@ class Trajectory:
 def trajectory(net: ResidualNet, x: torch.Tensor, depth: int | None = None) -> Trajectory:
     """States and residuals of every layer for the inputs ``x`` (the net's input space).
 
-    ``depth``: unroll a tied :class:`DenseResNet` to that many layers first (``net.unrolled``).
+    ``depth``: unroll a tied dense ResNet to that many layers first (``net.unrolled``).
     """
     if depth is not None:
         net = _tied_dense(net).unrolled(depth)
@@ -109,13 +108,13 @@ def convergence(residuals: Sequence[torch.Tensor]) -> torch.Tensor:
     return torch.stack(cols, dim=1)
 
 
-def _tied_dense(net: ResidualNet) -> DenseResNet:
-    if not isinstance(net, DenseResNet) or not net.residual or not net.tied:
+def _tied_dense(net: ResidualNet) -> ResidualNet:
+    if not net.tied or any(u.shortcut is None for u in net.units):
         raise ConfigError("model", "a tied dense_resnet (model.tied=true)", type(net).__name__)
     return net
 
 
-def layer_map(net: DenseResNet) -> Callable[[torch.Tensor], torch.Tensor]:
+def layer_map(net: ResidualNet) -> Callable[[torch.Tensor], torch.Tensor]:
     """g(a) = alpha a + (1 - alpha) b + W f(a) of a tied dense ResNet (see the module docstring).
 
     Acts on one sample's pre-activation a (width,) or a batch (B, width).
@@ -154,7 +153,7 @@ class FixedPoints:
 
 
 def fixed_points(
-    net: DenseResNet,
+    net: ResidualNet,
     x: torch.Tensor,
     tol: float = 1e-6,
     max_layers: int = 10_000,
@@ -232,7 +231,7 @@ def integrate_residuals(
 
 
 def continuous_trajectory(
-    net: DenseResNet, x: torch.Tensor, depth: int | None = None
+    net: ResidualNet, x: torch.Tensor, depth: int | None = None
 ) -> torch.Tensor:
     """The continuous-time residuals at t = 1..T (T = ``depth`` or the model's), started from
     the network's own y(1), for comparison with ``trajectory(...).residuals``: (B, T, width).

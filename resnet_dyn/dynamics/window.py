@@ -19,7 +19,6 @@ from torch import nn
 
 from resnet_dyn.dynamics.maps import UnitMap
 from resnet_dyn.models.base import ResidualUnit
-from resnet_dyn.models.cifar_resnet import ShortcutA
 
 POINTWISE = (
     nn.Identity,
@@ -97,8 +96,9 @@ def module_window(m: nn.Module) -> Window:
         return Window()
     if isinstance(m, nn.Conv2d):
         return _conv_window(m)
-    if isinstance(m, ShortcutA):
-        return Window(_pair(m.stride))
+    stride = getattr(m, "subsample_stride", None)  # a shortcut that only subsamples pixels
+    if stride is not None:
+        return Window(_pair(stride))
     if isinstance(m, nn.Sequential):
         w = Window()
         for child in m:

@@ -65,6 +65,8 @@ class ResidualNet(nn.Module):
     stem: nn.Module
     units: nn.ModuleList
     head: nn.Module
+    # Every unit shares one set of weights, so the net can be unrolled to another depth.
+    tied: bool = False
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         h = self.stem(x)
@@ -82,6 +84,10 @@ class ResidualNet(nn.Module):
     @property
     def num_stages(self) -> int:
         return max((u.stage for u in self.units), default=-1) + 1
+
+    def unrolled(self, depth: int) -> ResidualNet:
+        """A copy with ``depth`` units sharing the trained weights: only for ``tied`` nets."""
+        raise ConfigError("model.tied", "true to unroll a model to another depth", self.tied)
 
     def stage_units(self, stage: int) -> list[int]:
         """Global indices of the units of ``stage`` in forward order."""

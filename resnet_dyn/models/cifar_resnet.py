@@ -28,11 +28,13 @@ from resnet_dyn.models.base import (
 
 
 class ShortcutA(nn.Module):
-    """Option A: subsample by ``stride`` and zero-pad the channels equally on both sides."""
+    """Option A: subsample by ``stride`` and zero-pad the channels equally on both sides.
+
+    ``subsample_stride`` tells the analyses that each output reads one input pixel."""
 
     def __init__(self, in_channels: int, out_channels: int, stride: int) -> None:
         super().__init__()
-        self.stride = stride
+        self.stride = self.subsample_stride = stride
         extra = out_channels - in_channels
         self.pad = (extra // 2, extra - extra // 2)
 

@@ -20,11 +20,11 @@ import lightning as L
 import torch
 import torch.nn.functional as F
 from hydra.utils import instantiate
-from omegaconf import DictConfig
+from omegaconf import DictConfig, OmegaConf
 from torch import nn
 from torchmetrics.classification import MulticlassAccuracy
 
-from resnet_dyn.errors import ConfigError, check_positive
+from resnet_dyn.errors import ConfigError, check_choice, check_int, check_positive
 
 LR_SCALINGS = ("none", "linear", "sqrt")
 SCHEDULES = ("multistep", "cosine", "constant")
@@ -58,24 +58,34 @@ def lr_factor(step: int, total_steps: int, schedule: DictConfig | dict) -> float
     return 1.0
 
 
-def check_optim(optim: DictConfig) -> None:
+def check_optim(optim: DictConfig, net: nn.Module) -> None:
+    """Every ``optim.*`` key, and the optimizer's own arguments by building it once for
+    ``net`` (torch checks momentum, betas, eps...): a bad value stops before training."""
     check_positive("optim.lr", optim.lr)
     check_positive("optim.weight_decay", optim.weight_decay, allow_zero=True)
-    if not isinstance(optim.base_batch_size, int) or optim.base_batch_size < 1:
-        raise ConfigError("optim.base_batch_size", "a positive integer", optim.base_batch_size)
-    if optim.lr_scaling not in LR_SCALINGS:
-        raise ConfigError("optim.lr_scaling", " | ".join(LR_SCALINGS), optim.lr_scaling)
+    check_int("optim.base_batch_size", optim.base_batch_size, 1)
+    check_choice("optim.lr_scaling", optim.lr_scaling, LR_SCALINGS)
     sched = optim.schedule
-    if sched.name not in SCHEDULES:
-        raise ConfigError("optim.schedule.name", " | ".join(SCHEDULES), sched.name)
+    check_choice("optim.schedule.name", sched.name, SCHEDULES)
     if any(not 0 < m <= 1 for m in sched.milestones):
         raise ConfigError(
             "optim.schedule.milestones", "fractions of training in (0, 1]", list(sched.milestones)
         )
-    if not isinstance(sched.warmup_steps, int) or sched.warmup_steps < 0:
+    check_int("optim.schedule.warmup_steps", sched.warmup_steps, 0)
+    check_positive("optim.schedule.gamma", sched.gamma)
+    factor = sched.warmup_start_factor
+    if check_positive("optim.schedule.warmup_start_factor", factor) > 1:
+        raise ConfigError("optim.schedule.warmup_start_factor", "a number in (0, 1]", factor)
+    try:
+        instantiate(optim.optimizer)(net.parameters(), lr=optim.lr, weight_decay=optim.weight_decay)
+    except (ValueError, TypeError) as exc:
+        given = OmegaConf.to_container(optim.optimizer, resolve=True)
+        target = given.pop("_target_", "the optimizer")  # type: ignore[union-attr]
+        given.pop("_partial_", None)  # type: ignore[union-attr]
+        reason = " ".join(str(exc).split())
         raise ConfigError(
-            "optim.schedule.warmup_steps", "a non-negative integer", sched.warmup_steps
-        )
+            "optim.optimizer", f"arguments {target} accepts ({reason})", given
+        ) from None
 
 
 class Diverged(RuntimeError):
@@ -106,7 +116,7 @@ class ClassificationModule(L.LightningModule):
         channels_last: bool | None = None,
     ) -> None:
         super().__init__()
-        check_optim(optim)
+        check_optim(optim, net)
         self.channels_last = channels_last  # None: on CUDA devices only
         self.use_channels_last = bool(channels_last)  # what setup decided for this device
         self.net = net

@@ -16,9 +16,10 @@ from typing import Any
 import lightning as L
 from omegaconf import DictConfig
 
-from resnet_dyn.callbacks.base import check_count, evaluating, log_results
 from resnet_dyn.dynamics.transient import noise_evolution
-from resnet_dyn.plots import unit_curves
+from resnet_dyn.errors import check_int
+from resnet_dyn.plots.spectra import unit_curves
+from resnet_dyn.training.callbacks.base import evaluating, log_results
 
 
 class NoiseCallback(L.Callback):
@@ -30,7 +31,7 @@ class NoiseCallback(L.Callback):
     """
 
     def __init__(self, noise: DictConfig, output_dir: str) -> None:
-        self.images = check_count("analysis.noise.images", noise["images"], 1)
+        self.images = check_int("analysis.noise.images", noise["images"], 1)
         self.sigmas = [float(s) for s in noise["sigmas"]]
         self.out_dir = Path(output_dir) / "analysis"
         self.result: dict[str, Any] | None = None

@@ -12,31 +12,16 @@ Loading is strict: a mismatch names the missing and unexpected keys.
 
 from __future__ import annotations
 
-import io
 import re
 from pathlib import Path
 from typing import Any
 
 import torch
-from lightning.fabric.plugins import TorchCheckpointIO
 
 from resnet_dyn.errors import ConfigError, DataError, UserError
-from resnet_dyn.io import write_bytes_atomic
 from resnet_dyn.models import MODELS, CifarResNet, ResidualNet
 
 FORMATS = ("lightning", "akamaster")
-
-
-class AtomicCheckpointIO(TorchCheckpointIO):
-    """Lightning's checkpoint writer, but a checkpoint file is whole or absent: serialised in
-    memory, written beside its name, fsynced and renamed (a full disk leaves no stub)."""
-
-    def save_checkpoint(
-        self, checkpoint: dict[str, Any], path: Any, storage_options: Any | None = None
-    ) -> None:
-        buffer = io.BytesIO()
-        torch.save(checkpoint, buffer)
-        write_bytes_atomic(path, buffer.getvalue())
 
 
 def read_checkpoint(path: Path) -> Any:

@@ -28,13 +28,6 @@ from typing import Any
 import lightning as L
 import torch
 
-from resnet_dyn.callbacks.base import (
-    check_count,
-    evaluating,
-    is_last_epoch,
-    log_results,
-    write_npz,
-)
 from resnet_dyn.dynamics.transient import (
     class_statistics,
     convergence,
@@ -42,9 +35,15 @@ from resnet_dyn.dynamics.transient import (
     last_layer_converged,
     trajectory,
 )
-from resnet_dyn.errors import ConfigError, check_positive
+from resnet_dyn.errors import ConfigError, check_int, check_positive
 from resnet_dyn.models import DenseResNet, ResidualNet
-from resnet_dyn.plots_dynamics import class_trajectories, depth_per_epoch
+from resnet_dyn.plots.dynamics import class_trajectories, depth_per_epoch
+from resnet_dyn.training.callbacks.base import (
+    evaluating,
+    is_last_epoch,
+    log_results,
+    write_npz,
+)
 
 KEY = "callbacks.lagzi"
 
@@ -80,10 +79,10 @@ class LagziCallback(L.Callback):
         if not isinstance(prune, bool):
             raise ConfigError(f"{KEY}.prune", "true or false", prune)
         self.threshold, self.prune = float(threshold), prune
-        self.min_depth = check_count(f"{KEY}.min_depth", min_depth, 1)
-        self.images = check_count(f"{KEY}.images", images, 1)
+        self.min_depth = check_int(f"{KEY}.min_depth", min_depth, 1)
+        self.images = check_int(f"{KEY}.images", images, 1)
         if trajectory_depth is not None:
-            check_count(f"{KEY}.trajectory_depth", trajectory_depth, 1)
+            check_int(f"{KEY}.trajectory_depth", trajectory_depth, 1)
         self.trajectory_depth = trajectory_depth
         self.out_dir = Path(output_dir) / "analysis"
         self.initial_depth: int | None = None

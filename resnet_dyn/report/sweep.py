@@ -1,30 +1,15 @@
-"""``resnet-dyn-report``: one page for a whole sweep, with its table and figures.
+"""A sweep folder read as data: its jobs, their summaries and overrides, and the summary table.
 
-    resnet-dyn -m model.depth=8,14 model.skip_scale=0.5,1.0 hydra.sweep.dir=multirun/demo
-    resnet-dyn-report multirun/demo              # or: python -m resnet_dyn.report multirun/demo
-
-Reads every job folder of the sweep (``summary.json``, ``.hydra/overrides.yaml``, the analysis
-arrays and ``csv/metrics.csv``) and writes into the sweep folder: ``summary.csv`` (one row per
-job, failed and unfinished ones included), ``report_*.png`` figures and ``report.html``, a
-self-contained page that shows them. Only figures for which the sweep has data are drawn.
-
-summary.csv columns: ``job`` (folder name), one column per swept override key (its value as
-given on the command line), ``status`` (completed, failed, diverged, ...; ``missing`` without a
-summary.json, ``unreadable`` for a broken one), the final metrics ``test/acc`` ... ``train/loss``,
-``epochs``, ``wall_s``, means over the analysed units of ``spectrum/<map>/<stat>``,
-``identity/scaled_mean`` and ``abs_mean``, ``perturbation/final_ratio`` (adversarial over
-random at the output) and ``attacked_accuracy``, ``final_depth`` (after Lagzi's pruning),
-``batch/k`` and ``batch/speedup`` (batch-size sweeps), and ``error``. Empty: no such value.
+sweep = load_sweep(Path("multirun/demo"))
+columns, rows = table(sweep, batch={})
 """
 
 from __future__ import annotations
 
-import argparse
 import csv
 import io
 import json
 import math
-import sys
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -34,7 +19,7 @@ import numpy as np
 import yaml
 
 from resnet_dyn.errors import UserError
-from resnet_dyn.io import write_bytes_atomic
+from resnet_dyn.files import write_bytes_atomic
 
 MISSING = "missing"  # a job folder without summary.json: still running, or killed
 UNREADABLE = "unreadable"  # a summary.json that is not valid JSON
@@ -232,45 +217,3 @@ def write_csv(path: Path, columns: list[str], rows: list[dict]) -> Path:
     for row in rows:
         writer.writerow({k: "" if row.get(k) is None else row[k] for k in columns})
     return write_bytes_atomic(path, buf.getvalue().encode())
-
-
-def build_report(root: Path) -> tuple[Sweep, Path]:
-    """Write summary.csv, the figures and report.html into ``root``; return the page's path."""
-    # Imported here: matplotlib and torch load only once the folder holds jobs, so bad input
-    # fails at once, and `python -m resnet_dyn.report` does not import this module twice early.
-    from resnet_dyn.report_figures import draw_all
-    from resnet_dyn.report_html import render
-
-    sweep = load_sweep(root)
-    sections, batch = draw_all(sweep)
-    columns, rows = table(sweep, batch)
-    write_csv(root / "summary.csv", columns, rows)
-    page = render(sweep, columns, rows, sections)
-    return sweep, write_bytes_atomic(root / "report.html", page.encode())
-
-
-def main(argv: Sequence[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(
-        prog="resnet-dyn-report",
-        description="Summarise a resnet-dyn sweep folder: summary.csv, figures, report.html.",
-    )
-    parser.add_argument("sweep_dir", type=Path, help="a sweep folder, e.g. multirun/<date>/<time>")
-    args = parser.parse_args(argv)
-    try:
-        sweep, page = build_report(args.sweep_dir)
-    except UserError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        sys.exit(2)
-    except PermissionError as exc:  # e.g. a sweep folder on a read-only share
-        print(f"error: {args.sweep_dir}: cannot write {exc.filename}", file=sys.stderr)
-        sys.exit(2)
-    statuses = [j.status for j in sweep.jobs]
-    done, missing = statuses.count("completed"), statuses.count(MISSING)
-    failed = len(statuses) - done - missing
-    extra = f", {missing} missing" if missing else ""
-    jobs = f"{len(statuses)} job{'s' * (len(statuses) != 1)}"
-    print(f"report: {jobs} ({done} completed, {failed} failed{extra}) -> {page}")
-
-
-if __name__ == "__main__":
-    main()

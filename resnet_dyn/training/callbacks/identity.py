@@ -17,16 +17,15 @@ from typing import Any
 import lightning as L
 from omegaconf import DictConfig
 
-from resnet_dyn.callbacks.base import (
-    check_count,
+from resnet_dyn.dynamics.identity import identity_magnitudes
+from resnet_dyn.errors import ConfigError, check_int, check_positive
+from resnet_dyn.logs.wandb_run import wandb_curves
+from resnet_dyn.plots.spectra import unit_curves
+from resnet_dyn.training.callbacks.base import (
     evaluating,
     is_last_epoch,
     log_results,
-    wandb_curves,
 )
-from resnet_dyn.dynamics.identity import identity_magnitudes
-from resnet_dyn.errors import ConfigError, check_positive
-from resnet_dyn.plots import unit_curves
 
 
 class IdentityCallback(L.Callback):
@@ -39,10 +38,10 @@ class IdentityCallback(L.Callback):
     """
 
     def __init__(self, identity: DictConfig, output_dir: str, every_n_epochs: int = 1) -> None:
-        self.images = check_count("analysis.identity.images", identity["images"], 1)
+        self.images = check_int("analysis.identity.images", identity["images"], 1)
         check_positive("analysis.identity.epsilon", identity["epsilon"])
         self.epsilon = float(identity["epsilon"])
-        self.every_n_epochs = check_count("callbacks.identity.every_n_epochs", every_n_epochs, 0)
+        self.every_n_epochs = check_int("callbacks.identity.every_n_epochs", every_n_epochs, 0)
         self.out_dir = Path(output_dir) / "analysis"
         self.history: list[dict[str, float]] = []
         self.last: dict[str, Any] | None = None

@@ -8,7 +8,7 @@ log_results(trainer, {"identity/scaled_mean": 0.07}, lambda: {"identity/blocks":
 from __future__ import annotations
 
 import io
-from collections.abc import Callable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
@@ -17,8 +17,7 @@ import lightning as L
 import numpy as np
 from torch import nn
 
-from resnet_dyn.errors import ConfigError
-from resnet_dyn.io import write_bytes_atomic
+from resnet_dyn.files import write_bytes_atomic
 
 
 @contextmanager
@@ -31,13 +30,6 @@ def evaluating(net: nn.Module) -> Iterator[nn.Module]:
         yield net
     finally:
         net.train(was_training)
-
-
-def check_count(key: str, value: Any, minimum: int) -> int:
-    """``value`` if it is an integer >= ``minimum``, else a :class:`ConfigError` naming ``key``."""
-    if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
-        raise ConfigError(key, f"an integer >= {minimum}", value)
-    return value
 
 
 def is_last_epoch(trainer: L.Trainer) -> bool:
@@ -61,21 +53,6 @@ def log_results(
         logger.log_metrics(dict(scalars), step=trainer.global_step)
         if wandb_extras is not None and type(logger).__name__ == "WandbLogger":
             logger.experiment.log({**wandb_extras(), "trainer/global_step": trainer.global_step})
-
-
-def wandb_curves(
-    xs: Sequence[float], curves: Mapping[str, Sequence[float]], title: str, xname: str
-) -> Any:
-    """A W&B line plot of several curves against the same x (e.g. one value per unit)."""
-    import wandb
-
-    return wandb.plot.line_series(
-        xs=list(xs),
-        ys=[list(map(float, y)) for y in curves.values()],
-        keys=list(curves),
-        title=title,
-        xname=xname,
-    )
 
 
 def write_npz(path: Path, arrays: Mapping[str, np.ndarray]) -> Path:

@@ -16,7 +16,7 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 
-from resnet_dyn.io import write_bytes_atomic  # noqa: E402
+from resnet_dyn.files import write_bytes_atomic  # noqa: E402
 
 Panels = Mapping[str, Mapping[str, np.ndarray]]
 CountedPanels = Mapping[str, Mapping[str, tuple[np.ndarray, np.ndarray]]]

@@ -16,13 +16,19 @@ from typing import Any
 import lightning as L
 from omegaconf import DictConfig
 
-from resnet_dyn.analysis import check_analysis, spectrum_analysis, spectrum_scalars, wandb_spectra
-from resnet_dyn.errors import ConfigError
+from resnet_dyn.analysis.run import (
+    check_analysis,
+    spectrum_analysis,
+    spectrum_scalars,
+    wandb_spectra,
+)
+from resnet_dyn.errors import check_int
 from resnet_dyn.progress import unit_progress
+from resnet_dyn.training.callbacks.base import evaluating, is_last_epoch, log_results
 
 
 class SpectrumCallback(L.Callback):
-    """Runs :func:`resnet_dyn.analysis.spectrum_analysis` on a fixed probe batch.
+    """Runs :func:`resnet_dyn.analysis.run.spectrum_analysis` on a fixed probe batch.
 
     Args:
         analysis: the ``analysis`` config (images, units, maps, method, tol, ...).
@@ -31,12 +37,8 @@ class SpectrumCallback(L.Callback):
     """
 
     def __init__(self, analysis: DictConfig, output_dir: str, every_n_epochs: int = 0) -> None:
-        if not isinstance(every_n_epochs, int) or every_n_epochs < 0:
-            raise ConfigError(
-                "callbacks.spectrum.every_n_epochs", "an integer >= 0", every_n_epochs
-            )
         self.analysis = analysis
-        self.every_n_epochs = every_n_epochs
+        self.every_n_epochs = check_int("callbacks.spectrum.every_n_epochs", every_n_epochs, 0)
         self.out_dir = Path(output_dir) / "analysis"
         self.summary: dict[str, Any] | None = None
 
@@ -49,8 +51,8 @@ class SpectrumCallback(L.Callback):
 
     def on_train_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         epoch = trainer.current_epoch + 1
-        last = epoch >= (trainer.max_epochs or 0)
-        if self.every_n_epochs and epoch % self.every_n_epochs == 0 and not last:
+        # The last epoch is analysed by on_train_end.
+        if self.every_n_epochs and epoch % self.every_n_epochs == 0 and not is_last_epoch(trainer):
             self._run(trainer, pl_module, epoch)
 
     def on_train_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
@@ -59,10 +61,7 @@ class SpectrumCallback(L.Callback):
 
     def _run(self, trainer: L.Trainer, pl_module: L.LightningModule, epoch: int) -> None:
         images, labels = trainer.datamodule.probe_batch(self.analysis.images)
-        net = pl_module.net
-        was_training = net.training
-        net.eval()
-        try:
+        with evaluating(pl_module.net) as net:
             n = len(net.units) if self.analysis.units == "all" else len(self.analysis.units)
             n += net.num_stages if "stage" in self.analysis.maps else 0
             with unit_progress(n, "spectra", trainer) as advance:
@@ -75,14 +74,6 @@ class SpectrumCallback(L.Callback):
                     f"epoch{epoch:03d}",
                     advance,
                 )
-        finally:
-            net.train(was_training)
-        scalars = spectrum_scalars(result)
-        for logger in trainer.loggers:
-            logger.log_metrics(scalars, step=trainer.global_step)
-            if type(logger).__name__ == "WandbLogger":
-                logger.experiment.log(
-                    {**wandb_spectra(result), "trainer/global_step": trainer.global_step}
-                )
+        log_results(trainer, spectrum_scalars(result), lambda: wandb_spectra(result))
         result.pop("_results")
         self.summary = {**result, "epoch": epoch}

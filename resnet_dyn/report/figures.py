@@ -1,6 +1,6 @@
 """The figures of ``resnet-dyn-report``: one section per analysis, drawn only where data exist.
 
-    from resnet_dyn.report import load_sweep
+    from resnet_dyn.report.sweep import load_sweep
     sections, batch_rows = draw_all(load_sweep(Path("multirun/demo")))
 
 Every figure is written as ``report_<name>.png`` into the sweep folder; figures of an earlier
@@ -17,16 +17,16 @@ import numpy as np
 from matplotlib.ticker import FuncFormatter, MaxNLocator, NullFormatter
 
 from resnet_dyn.dynamics.identity import loglog_slope, stopping_depth
-from resnet_dyn.plots import _grid, _save, plt, spectrum_histograms
-from resnet_dyn.plots_dynamics import _integer_x, perturbation_axes
-from resnet_dyn.report import ANALYSIS, Job, Sweep, finite, job_scalars
-from resnet_dyn.report_batch import (
+from resnet_dyn.plots.dynamics import _integer_x, perturbation_axes
+from resnet_dyn.plots.spectra import _grid, _save, plt, spectrum_histograms
+from resnet_dyn.report.batch import (
     LINEAR_SLOPE,
     REGIMES,
     STAGNANT_SLOPE,
     batch_results,
     batch_rows,
 )
+from resnet_dyn.report.sweep import ANALYSIS, Job, Sweep, finite, job_scalars
 
 PREFIX = "report_"
 PLOTTED = ("test/acc", "val/acc", "train/loss", *ANALYSIS)

@@ -19,7 +19,7 @@ from typing import Any
 from lightning.pytorch.loggers import CSVLogger
 from lightning.pytorch.loggers.csv_logs import ExperimentWriter
 
-from resnet_dyn.io import write_bytes_atomic
+from resnet_dyn.files import write_bytes_atomic
 
 
 def _cut_torn_row(path: Path) -> None:

@@ -14,7 +14,7 @@ from typing import Any
 import numpy as np
 from matplotlib.ticker import MaxNLocator
 
-from resnet_dyn.plots import _grid, _save, plt
+from resnet_dyn.plots.spectra import _grid, _save, plt
 
 # Beyond this many neurons one panel per neuron is unreadable; the norm is drawn instead.
 MAX_NEURON_PANELS = 8

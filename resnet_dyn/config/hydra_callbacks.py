@@ -12,7 +12,7 @@ from hydra.experimental.callback import Callback
 from omegaconf import DictConfig
 
 from resnet_dyn.errors import UserError, exit_for_user_error
-from resnet_dyn.io import check_writable
+from resnet_dyn.files import check_writable
 
 
 def _existing_ancestor(path: Path) -> Path:

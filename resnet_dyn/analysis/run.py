@@ -1,8 +1,10 @@
-"""Run the configured spectrum analysis of a network and write its arrays and figures.
+"""Run the configured analyses of a network and write their arrays and figures.
 
 Shared by ``resnet-dyn-analyze`` and the training callbacks, so that both write
-``analysis`` in one form: ``{"accuracy", "images", "units": [{index, stage, dim_in,
-dim_out, sum: {...}, unit: {...}}], "stages": [...], "spectra_file", "figures"}``.
+``analysis`` in one form and log the same scalars and charts. Spectra
+(:func:`spectrum_analysis`): ``{"accuracy", "images", "units": [{index, stage, dim_in,
+dim_out, sum: {...}, unit: {...}}], "stages": [...], "spectra_file", "figures"}``;
+perturbations (:func:`perturbation_run`) and identity magnitudes (:func:`identity_run`).
 """
 
 from __future__ import annotations
@@ -17,13 +19,15 @@ import numpy as np
 import torch
 from omegaconf import DictConfig
 
-from resnet_dyn.config_checks import MAPS, check_analysis_config
+from resnet_dyn.config.checks import MAPS, check_analysis_config
 from resnet_dyn.dynamics import accuracy, analyze_stages, analyze_units, spectra_arrays
 from resnet_dyn.dynamics import with_intervention as intervene
 from resnet_dyn.errors import ConfigError
-from resnet_dyn.io import write_bytes_atomic
+from resnet_dyn.files import write_bytes_atomic
+from resnet_dyn.logs.wandb_run import wandb_curves
 from resnet_dyn.models import ResidualNet
-from resnet_dyn.plots import sorted_spectra, spectrum_histograms, unit_curves
+from resnet_dyn.plots.dynamics import perturbation_growth
+from resnet_dyn.plots.spectra import sorted_spectra, spectrum_histograms
 
 Advance = Callable[[str], None]
 
@@ -43,44 +47,77 @@ def probe(
     return datamodule.probe_batch(min(n, available))
 
 
-def perturbation_and_identity(
+def perturbation_run(
     net: ResidualNet,
     datamodule: Any,
-    acfg: DictConfig,
+    settings: dict[str, Any],
+    images: int,
     out_dir: Path,
     tag: str,
-    seed: int = 0,
 ) -> dict[str, Any]:
-    """``{"perturbation": ..., "identity": ...}`` of ``net`` (eval mode) on the test images.
+    """Adversarial vs random perturbations of ``net`` (eval mode) at the first ``images``
+    test images, in pixel space: the one path of ``resnet-dyn-analyze`` and the perturbation
+    callback. ``settings``: :func:`~resnet_dyn.config.checks.check_perturbation`.
 
-    Perturbations follow ``analysis.perturbation`` on the ``analysis.images`` probe images
-    in pixel space; identity magnitudes average over ``analysis.identity.images``.
-    A PNG of the adversarial and random curves against the unit index goes to ``out_dir``.
+    Returns the ``analysis.perturbation`` summary: what
+    :func:`~resnet_dyn.dynamics.perturbation.perturbation_analysis` returns, plus
+    ``final_ratio`` (adversarial over random relative size at the output; None when eps = 0
+    moves nothing), ``images`` and ``figure`` (``perturbation_<tag>.png`` in ``out_dir``).
     """
-    from resnet_dyn.dynamics.identity import identity_magnitudes
     from resnet_dyn.dynamics.perturbation import perturbation_analysis, to_pixels
 
     device = next(net.parameters()).device
-    images, labels = probe(datamodule, acfg.images, "analysis.images")
-    p = acfg.perturbation
+    x, labels = probe(datamodule, images, "analysis.images")
     mean, std = datamodule.mean, datamodule.std
-    pert = perturbation_analysis(
-        net, to_pixels(images, mean, std).to(device), labels.to(device), mean, std,
-        attack=p.attack, eps=p.eps, steps=p.steps, step_size=p.step_size,
-        random_kind=p.random_kind, seed=seed,
-    )  # fmt: skip
-    out_dir.mkdir(parents=True, exist_ok=True)
-    curves = {"adversarial": pert["adversarial_rel"], "random": pert["random_rel"]}
-    title = f"{p.attack}, eps={p.eps:g}: ||x_k(x+d) - x_k(x)|| / ||x_k(x)||"
-    figure = unit_curves(
-        curves, out_dir / f"perturbation_{tag}.png", "relative perturbation", title
+    result = perturbation_analysis(
+        net, to_pixels(x, mean, std).to(device), labels.to(device), mean, std, **settings
     )
-    pert["figure"] = figure.name
-    result = {"perturbation": pert}
-    if all(u.shortcut is not None for u in net.units):
-        x, _ = probe(datamodule, acfg.identity.images, "analysis.identity.images", clamp=True)
-        result["identity"] = identity_magnitudes(net, x.to(device))
-    return result
+    adv, rnd = result["adversarial_rel"][-1], result["random_rel"][-1]
+    title = f"{result['attack']}, eps {result['eps']:.4g}, {len(labels)} images, {tag}"
+    figure = perturbation_growth(result, out_dir / f"perturbation_{tag}.png", title)
+    return {
+        **result,
+        "final_ratio": adv / rnd if rnd > 0 else None,
+        "images": len(labels),
+        "figure": figure.name,
+    }
+
+
+PERTURBATION_SCALARS = (
+    "clean_accuracy", "attacked_accuracy", "random_accuracy", "perturbation_l2", "final_ratio",
+)  # fmt: skip
+
+
+def perturbation_scalars(pert: dict[str, Any]) -> dict[str, float]:
+    """``perturbation/<field>`` scalars of a :func:`perturbation_run` summary, for loggers."""
+    return {
+        f"perturbation/{k}": float(pert[k]) for k in PERTURBATION_SCALARS if pert[k] is not None
+    }
+
+
+def perturbation_charts(pert: dict[str, Any], when: str) -> dict[str, Any]:
+    """W&B line plots of the relative and absolute perturbation sizes against the state index."""
+    k = range(len(pert["adversarial_rel"]))
+    return {
+        f"perturbation/{scale}": wandb_curves(
+            k,
+            {kind: pert[f"{kind}_{scale}"] for kind in ("adversarial", "random")},
+            f"{scale} perturbation size per unit ({when})",
+            "unit k",
+        )
+        for scale in ("rel", "abs")
+    }
+
+
+def identity_run(net: ResidualNet, datamodule: Any, images: int) -> dict[str, Any] | None:
+    """How far each block of ``net`` is from the identity, averaged over ``images`` test
+    images (all of them when fewer); None for a net without skip connections."""
+    from resnet_dyn.dynamics.identity import identity_magnitudes
+
+    if any(u.shortcut is None for u in net.units):
+        return None
+    x, _ = probe(datamodule, images, "analysis.identity.images", clamp=True)
+    return identity_magnitudes(net, x.to(next(net.parameters()).device))
 
 
 def intervened(net: ResidualNet, intervention: dict[str, Any]) -> ResidualNet:
@@ -201,20 +238,6 @@ def wandb_spectra(analysis: dict[str, Any], prefix: str = "spectrum") -> dict[st
     return out
 
 
-def dynamics_scalars(extra: dict[str, Any]) -> dict[str, float]:
-    """Flat scalars of the perturbation and identity results for loggers."""
-    out: dict[str, float] = {}
-    pert = extra.get("perturbation")
-    if pert:
-        out["perturbation/attacked_accuracy"] = float(pert["attacked_accuracy"])
-        out["perturbation/clean_accuracy"] = float(pert["clean_accuracy"])
-        for k, (adv, rnd) in enumerate(
-            zip(pert["adversarial_rel"], pert["random_rel"], strict=True)
-        ):
-            out[f"perturbation/adversarial_rel/state_{k:02d}"] = float(adv)
-            out[f"perturbation/random_rel/state_{k:02d}"] = float(rnd)
-    ident = extra.get("identity")
-    if ident:
-        out["identity/abs_mean"] = float(ident["abs_mean"])
-        out["identity/scaled_mean"] = float(ident["scaled_mean"])
-    return out
+def identity_scalars(ident: dict[str, Any]) -> dict[str, float]:
+    """``identity/abs_mean`` and ``identity/scaled_mean`` for loggers."""
+    return {f"identity/{k}": float(ident[k]) for k in ("abs_mean", "scaled_mean")}

@@ -19,7 +19,7 @@ from typing import Any
 
 import numpy as np
 
-from resnet_dyn.report import MISSING, Job, Sweep
+from resnet_dyn.report.sweep import MISSING, Job, Sweep
 
 # Golmant et al.'s regimes from the local slope of log s(m) against log m between neighbouring
 # batch sizes: near 1 is linear scaling, near 0 (or negative) no gain at all.

@@ -14,8 +14,8 @@ from html import escape
 from typing import Any
 from urllib.parse import quote
 
-from resnet_dyn.report import MISSING, Sweep
-from resnet_dyn.report_figures import Section
+from resnet_dyn.report.figures import Section
+from resnet_dyn.report.sweep import MISSING, Sweep
 
 STYLE = """
 body { font: 14px/1.45 system-ui, sans-serif; margin: 2em auto; max-width: 1400px;

@@ -1,9 +1,6 @@
-"""``resnet-dyn``: train one model from the Hydra configs in ``conf/``, or sweep with ``-m``.
+"""One training job: build it from its config, fit it, and write its summary.
 
-    resnet-dyn                                          # quickstart: ResNet-20 on digits, CPU
-    resnet-dyn model.depth=56 data=cifar10 trainer=gpu
-    resnet-dyn -m model.depth=8,14,20 model.skip_scale=0.5,1.0 model.weight_scale=0.5,1.0
-    resnet-dyn -m hydra/launcher=joblib model.depth=8,14   # the same jobs in parallel processes
+    summary = run_job(cfg)   # cfg: the composed `train` config (see resnet_dyn.cli.train)
 
 Each job writes into its folder: ``summary.json`` (status, resolved config, final
 metrics), ``csv/`` metrics, ``checkpoints/`` and, with ``logger=wandb`` (default),
@@ -14,33 +11,26 @@ from __future__ import annotations
 
 import json
 import logging
-import os
-import sys
 import time
 from pathlib import Path
 from typing import Any
 
-import hydra
 import lightning as L
-import torch
-from hydra.core.hydra_config import HydraConfig
-from hydra.types import RunMode
 from omegaconf import DictConfig, OmegaConf
 
-from resnet_dyn.checkpoints import AtomicCheckpointIO, read_checkpoint
-from resnet_dyn.config import build
-from resnet_dyn.config_checks import check_analysis_config, check_optimizer
-from resnet_dyn.errors import UserError, exit_for_user_error
-from resnet_dyn.io import unwritable_reason, write_json_atomic
-from resnet_dyn.lit import ClassificationModule, Diverged
-from resnet_dyn.loggers import SafeCSVLogger
+from resnet_dyn.analysis.checkpoints import read_checkpoint
+from resnet_dyn.config.build import build
+from resnet_dyn.config.checks import check_analysis_config
+from resnet_dyn.errors import UserError
+from resnet_dyn.files import unwritable_reason, write_json_atomic
+from resnet_dyn.logs.wandb_run import finish_wandb, start_wandb
 from resnet_dyn.models import model_name
-from resnet_dyn.preemption import CheckpointOnSignal, Preempted
+from resnet_dyn.training.checkpoint_io import AtomicCheckpointIO
+from resnet_dyn.training.loggers import SafeCSVLogger
+from resnet_dyn.training.module import ClassificationModule, Diverged
+from resnet_dyn.training.preemption import CheckpointOnSignal, Preempted
 
 log = logging.getLogger("resnet_dyn")
-
-# The configs live beside the package in the repository (installed with `pip install -e .`).
-CONFIG_DIR = str(Path(__file__).resolve().parents[1] / "conf")
 
 SUMMARY_METRICS = (
     "test/acc", "test/loss", "val/acc", "val/loss", "train/acc", "train/loss", "train/loss_epoch",
@@ -56,44 +46,17 @@ def _metrics(trainer: L.Trainer) -> dict[str, float]:
     return out
 
 
-def _wandb_group(cfg: DictConfig) -> str | None:
-    if cfg.logger.wandb.group:
-        return cfg.logger.wandb.group
-    hc = HydraConfig.get()
-    if hc.mode == RunMode.MULTIRUN:
-        return "/".join(Path(hc.sweep.dir).parts[-2:])
-    return None
-
-
 def build_loggers(cfg: DictConfig, job_dir: Path, resume_step: int | None = None) -> list:
-    """The CSV logger always (keeping its rows before ``resume_step``); a W&B logger unless
-    ``logger=none``."""
+    """The CSV logger always (keeping its rows before ``resume_step``); a W&B logger on the
+    job's run (:func:`~resnet_dyn.logs.wandb_run.start_wandb`) unless ``logger=none`` or
+    W&B cannot start."""
     csv_logger = SafeCSVLogger(save_dir=job_dir, name="csv", version="", resume_step=resume_step)
-    loggers: list = [csv_logger]
-    wb = cfg.logger.get("wandb")
-    if wb:
-        from lightning.pytorch.loggers import WandbLogger
+    run = start_wandb(cfg, job_dir)
+    if run is None:
+        return [csv_logger]
+    from lightning.pytorch.loggers import WandbLogger
 
-        os.environ.setdefault("WANDB_SILENT", "true")
-        try:
-            wandb_logger = WandbLogger(
-                project=wb.project,
-                entity=wb.entity,
-                offline=wb.offline,
-                save_dir=str(job_dir),
-                group=_wandb_group(cfg),
-                job_type=wb.job_type,
-                tags=list(cfg.tags),
-                name=job_dir.name if HydraConfig.get().mode == RunMode.MULTIRUN else None,
-            )
-            # Starts the run now, so that a W&B failure shows here and not mid-training.
-            wandb_logger.log_hyperparams(OmegaConf.to_container(cfg, resolve=True))
-            loggers.append(wandb_logger)
-        except Exception as exc:  # W&B is a view of the results, never a reason to lose them
-            first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-            log.warning("W&B unavailable, training goes on with CSV logs only: %s", first)
-            finish_wandb()
-    return loggers
+    return [csv_logger, WandbLogger(experiment=run, save_dir=str(job_dir))]
 
 
 def trainer_plugins() -> list:
@@ -134,8 +97,7 @@ def build_job(cfg: DictConfig) -> tuple[L.LightningDataModule, ClassificationMod
         compile=cfg.compile,
         architecture=architecture,
     )
-    # Read only later (the optimizer at the start of training, the analyses at its end).
-    check_optimizer(cfg.optim, net)
+    # Read only at the end of training, by the analyses.
     check_analysis_config(cfg.analysis, len(net.units))
     return datamodule, module
 
@@ -169,20 +131,6 @@ def fit(
         if hasattr(callback, "summary_fields"):
             fields.update(callback.summary_fields())
     return {"metrics": metrics, "epochs": trainer.current_epoch, "analysis": analysis, **fields}
-
-
-def _print_result(job_dir: Path, summary: dict[str, Any]) -> None:
-    from rich.console import Console
-    from rich.table import Table
-
-    table = Table(title=f"{summary['status']}: {job_dir}", show_header=True)
-    table.add_column("metric")
-    table.add_column("value", justify="right")
-    for key, value in summary.get("metrics", {}).items():
-        table.add_row(key, f"{value:.4f}")
-    table.add_row("epochs", str(summary.get("epochs")))
-    table.add_row("wall_s", f"{summary['wall_s']:.1f}")
-    Console(stderr=False).print(table)
 
 
 def _without_paths(config: dict[str, Any]) -> dict[str, Any]:
@@ -262,34 +210,4 @@ def run_job(cfg: DictConfig) -> dict[str, Any]:
         raise error
     if preempted is not None:
         preempted.hand_on()
-    _print_result(job_dir, summary)
     return summary
-
-
-def finish_wandb() -> None:
-    if "wandb" in sys.modules:
-        import wandb
-
-        if wandb.run is not None:
-            wandb.finish()
-
-
-@hydra.main(version_base="1.3", config_path=CONFIG_DIR, config_name="train")
-def main(cfg: DictConfig) -> float | None:
-    torch.set_float32_matmul_precision("high")
-    multirun = HydraConfig.get().mode == RunMode.MULTIRUN
-    try:
-        summary = run_job(cfg)
-    except UserError as exc:
-        exit_for_user_error(exc, multirun)
-        return None
-    except Exception:
-        if not multirun:
-            raise
-        log.exception("job failed; recorded in its summary.json, the sweep goes on")
-        return None
-    return summary.get("metrics", {}).get("val/acc")
-
-
-if __name__ == "__main__":
-    main()

@@ -1,0 +1,107 @@
+"""One ``resnet-dyn-analyze`` job: load a network, run the configured analyses, log them.
+
+summary = analyze(cfg)   # cfg: the composed `analyze` config (see resnet_dyn.cli.analyze)
+"""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+from typing import Any
+
+import lightning as L
+import torch
+from omegaconf import DictConfig, OmegaConf
+
+from resnet_dyn.analysis.checkpoints import load_model
+from resnet_dyn.analysis.run import (
+    check_analysis,
+    identity_run,
+    identity_scalars,
+    perturbation_charts,
+    perturbation_run,
+    perturbation_scalars,
+    probe,
+    spectrum_analysis,
+    spectrum_scalars,
+    wandb_spectra,
+)
+from resnet_dyn.config.build import build
+from resnet_dyn.config.checks import check_perturbation
+from resnet_dyn.errors import ConfigError
+from resnet_dyn.files import write_json_atomic
+from resnet_dyn.logs.wandb_run import finish_wandb, start_wandb
+from resnet_dyn.models import ResidualNet
+from resnet_dyn.progress import unit_progress
+
+
+def load_network(cfg: DictConfig, input_shape: tuple, num_classes: int) -> ResidualNet:
+    """The network to analyse, in eval mode: from ``checkpoint.path``, or at initialisation."""
+    ck = cfg.checkpoint
+    if ck.path is None:
+        net = build(cfg.model, input_shape=input_shape, num_classes=num_classes)
+        return net.eval()
+    depth = cfg.model.get("depth")
+    net, info = load_model(ck.path, ck.format, depth=depth, num_classes=num_classes)
+    if tuple(info["input_shape"]) != tuple(input_shape):
+        raise ConfigError(
+            "data",
+            f"images of shape {tuple(info['input_shape'])} for this model",
+            tuple(input_shape),
+        )
+    return net
+
+
+def analyze(cfg: DictConfig) -> dict[str, Any]:
+    """Load, analyse, log; always finish the W&B run and write summary.json."""
+    start = time.time()
+    job_dir = Path(cfg.paths.output_dir)
+    summary: dict[str, Any] = {
+        "status": "failed",
+        "config": OmegaConf.to_container(cfg, resolve=True),
+    }
+    try:
+        L.seed_everything(cfg.seed, verbose=False)
+        datamodule = build(cfg.data)
+        net = load_network(cfg, datamodule.input_shape, datamodule.num_classes)
+        a = check_analysis(cfg.analysis, net)
+        images, labels = probe(datamodule, a["images"], "analysis.images")
+        device = torch.device(cfg.device)
+        net = net.to(device)
+        run = start_wandb(cfg, job_dir)
+        total = (len(net.units) if a["units"] == "all" else len(a["units"])) * any(
+            m != "stage" for m in a["maps"]
+        ) + (net.num_stages if "stage" in a["maps"] else 0)
+        with unit_progress(total, "spectra") as advance:
+            result = spectrum_analysis(
+                net, images.to(device), labels.to(device), cfg.analysis, job_dir / "analysis",
+                "final", advance,
+            )  # fmt: skip
+        settings = {**check_perturbation(cfg.analysis.perturbation), "seed": cfg.seed}
+        pert = perturbation_run(
+            net, datamodule, settings, a["images"], job_dir / "analysis", "final"
+        )
+        ident = identity_run(net, datamodule, a["identity"]["images"])
+        if run is not None:
+            run.log(
+                {
+                    **spectrum_scalars(result),
+                    **wandb_spectra(result),
+                    **perturbation_scalars(pert),
+                    **perturbation_charts(pert, "final"),
+                    **(identity_scalars(ident) if ident else {}),
+                }
+            )
+        result.pop("_results")
+        result["perturbation"] = pert
+        if ident is not None:
+            result["identity"] = ident
+        summary.update(status="completed", analysis=result)
+    except Exception as exc:
+        summary["error"] = f"{type(exc).__name__}: {exc}"
+        raise
+    finally:
+        finish_wandb()
+        summary["wall_s"] = time.time() - start
+        write_json_atomic(job_dir / "summary.json", summary)
+    return summary
