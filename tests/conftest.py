@@ -91,3 +91,31 @@ def make_image_folder(
 @pytest.fixture(autouse=True)
 def _quiet_wandb(monkeypatch):
     monkeypatch.setenv("WANDB_SILENT", "true")
+
+
+@pytest.fixture
+def tmpfs(tmp_path):
+    """Mount a small tmpfs: ``mount(name, size, read_only)`` returns its folder (root only:
+    skipped elsewhere, a failure under ``CI=true``)."""
+    mounted: list[Path] = []
+
+    def mount(name: str, size: str = "1m", read_only: bool = False) -> Path:
+        where = tmp_path / name
+        where.mkdir()
+        options = f"size={size}" + (",ro" if read_only else "")
+        done = subprocess.run(
+            ["mount", "-t", "tmpfs", "-o", options, "tmpfs", str(where)],
+            capture_output=True,
+            text=True,
+        )
+        if done.returncode != 0:
+            message = f"cannot mount a tmpfs (needs root): {done.stderr.strip()}"
+            if os.environ.get("CI") == "true":
+                pytest.fail(message, pytrace=False)
+            pytest.skip(message)
+        mounted.append(where)
+        return where
+
+    yield mount
+    for where in mounted:
+        subprocess.run(["umount", str(where)], capture_output=True)

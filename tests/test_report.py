@@ -164,15 +164,43 @@ def test_folder_without_jobs_is_one_line_error(tmp_path, capsys):
     assert not (tmp_path / "report.html").exists()
 
 
-def test_read_only_sweep_is_one_line_error(tmp_path, capsys, monkeypatch):
-    def refuse(root: Path) -> None:
-        raise PermissionError(13, "Permission denied", str(root / "summary.csv"))
+def test_a_read_only_sweep_is_one_line_error(tmpfs, tmp_path):
+    """A sweep on a file system mounted read-only (EROFS, which even root cannot write):
+    the real command prints one line naming the folder and the reason, and writes nothing."""
+    root = tmpfs("share", size="4m")
+    make_job(root, "0", ["model.depth=8"], {"metrics": {"test/acc": 0.5}})
+    make_job(root, "1", ["model.depth=14"], {"metrics": {"test/acc": 0.6}})
+    remount = subprocess.run(["mount", "-o", "remount,ro", str(root)], capture_output=True)
+    assert remount.returncode == 0, remount.stderr
+    result = run_cli([str(root)], cwd=tmp_path, module="resnet_dyn.cli.report")
+    assert result.returncode == 2 and "Traceback" not in result.stderr, result.stderr[-2000:]
+    assert result.stderr.startswith(f"error: {root}: cannot write the report there (read-only")
+    assert result.stderr.count("\n") == 1
+    assert sorted(p.name for p in root.iterdir()) == ["0", "1"]
 
-    monkeypatch.setattr("resnet_dyn.cli.report.build_report", refuse)
+
+def test_a_folder_that_is_not_a_sweep_is_refused_and_left_untouched(tmp_path, capsys):
+    """What a scratch folder holds: empty folders, another tool's summary.json, files."""
+    (tmp_path / "empty").mkdir()
+    (tmp_path / "other").mkdir()
+    (tmp_path / "other" / "summary.json").write_text('{"loss": 0.1}')
+    (tmp_path / "notes.txt").write_text("not a job")
+    before = sorted(p.relative_to(tmp_path) for p in tmp_path.rglob("*"))
     with pytest.raises(SystemExit) as stop:
         main([str(tmp_path)])
     assert stop.value.code == 2
-    assert capsys.readouterr().err == f"error: {tmp_path}: cannot write {tmp_path}/summary.csv\n"
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "not a resnet-dyn sweep" in err
+    assert sorted(p.relative_to(tmp_path) for p in tmp_path.rglob("*")) == before
+
+
+def test_one_job_folder_is_refused_with_a_hint(tmp_path, capsys):
+    job = make_job(tmp_path, "job", ["model.depth=8"], {"metrics": {}})
+    with pytest.raises(SystemExit) as stop:
+        main([str(job)])
+    assert stop.value.code == 2
+    assert "one job's folder, not a sweep" in capsys.readouterr().err
+    assert not (job / "report.html").exists()
 
 
 def test_unfinished_and_unreadable_jobs_and_escaped_names(tmp_path, capsys):

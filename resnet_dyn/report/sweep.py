@@ -141,22 +141,39 @@ def load_job(path: Path) -> Job:
     return job
 
 
-def load_sweep(root: Path) -> Sweep:
-    """All job folders of ``root`` (folders with summary.json or .hydra/), numbered ones first.
+def is_job_folder(path: Path) -> bool:
+    """A folder that a resnet-dyn job wrote: Hydra's ``.hydra/overrides.yaml`` (written when
+    the job starts), or a ``summary.json`` with the job's ``status`` and ``config``."""
+    if (path / ".hydra" / "overrides.yaml").is_file():
+        return True
+    try:
+        summary = json.loads((path / "summary.json").read_text())
+    except (OSError, ValueError):
+        return False
+    return isinstance(summary, dict) and "status" in summary and "config" in summary
 
-    Raises :class:`UserError` when ``root`` is not a folder or holds no job folder.
+
+def load_sweep(root: Path) -> Sweep:
+    """All job folders of ``root`` (:func:`is_job_folder`), numbered ones first.
+
+    Raises :class:`UserError` when ``root`` is not a folder, is one job's folder, or holds no
+    job folder: nothing is written into a folder that is not a sweep.
     """
     if not root.is_dir():
         raise UserError(f"{root}: no such folder")
+    if is_job_folder(root):
+        raise UserError(
+            f"{root}: this is one job's folder, not a sweep; pass the sweep folder that holds"
+            " the job folders (a -m run's hydra.sweep.dir)"
+        )
     paths = [
-        p
-        for p in root.iterdir()
-        if p.is_dir()
-        and not p.name.startswith(".")
-        and ((p / "summary.json").is_file() or (p / ".hydra").is_dir())
+        p for p in root.iterdir() if p.is_dir() and not p.name.startswith(".") and is_job_folder(p)
     ]
     if not paths:
-        raise UserError(f"{root}: no job folders (with summary.json or .hydra/) in this folder")
+        raise UserError(
+            f"{root}: no job folders (with .hydra/overrides.yaml or a job's summary.json) in"
+            " this folder: not a resnet-dyn sweep"
+        )
     jobs = [load_job(p) for p in sorted(paths, key=_job_sort_key)]
     keys = list(dict.fromkeys(k for j in jobs for k in j.overrides))
     swept = [k for k in keys if len({j.overrides.get(k) for j in jobs}) > 1]
