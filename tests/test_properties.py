@@ -2,9 +2,14 @@
 
 from __future__ import annotations
 
+import errno
 import json
 import math
+import signal
+import subprocess
+import sys
 
+import pytest
 import torch
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
@@ -106,3 +111,50 @@ def test_summary_json_round_trips(tmp_path, status, payload):
     path = write_json_atomic(tmp_path / "summary.json", summary)
     assert json.loads(path.read_text()) == summary
     assert [p.name for p in tmp_path.iterdir()] == ["summary.json"]  # no temporary file left
+
+
+def _write_in_child(path, obj, max_file_bytes: int) -> subprocess.CompletedProcess:
+    """``write_json_atomic(path, obj)`` in a process whose files may not grow beyond
+    ``max_file_bytes``: the kernel kills it with SIGXFSZ in the middle of the write."""
+    code = (
+        "import json, resource, signal, sys\n"
+        "from resnet_dyn.files import write_json_atomic\n"
+        "obj = json.loads(sys.stdin.read())\n"
+        f"resource.setrlimit(resource.RLIMIT_FSIZE, ({max_file_bytes}, {max_file_bytes}))\n"
+        # Python ignores SIGXFSZ (the write then fails with EFBIG); the default kills.
+        "signal.signal(signal.SIGXFSZ, signal.SIG_DFL)\n"
+        f"write_json_atomic({str(path)!r}, obj)\n"
+    )
+    return subprocess.run(
+        [sys.executable, "-c", code], input=json.dumps(obj), capture_output=True, text=True
+    )
+
+
+def test_a_write_killed_mid_way_leaves_the_previous_summary_whole(tmp_path):
+    path = tmp_path / "summary.json"
+    old = {"status": "completed", "metrics": {"test/acc": 0.9}}
+    write_json_atomic(path, old)
+    new = {"status": "completed", "config": {"blob": "x" * 1_000_000}}
+    done = _write_in_child(path, new, max_file_bytes=64 * 1024)
+    assert done.returncode == -signal.SIGXFSZ, done.stderr[-2000:]  # killed mid-write
+    assert json.loads(path.read_text()) == old  # the finished file is untouched
+    # What the killed write left is a hidden partial temporary file, never the summary.
+    (partial,) = [p for p in tmp_path.iterdir() if p.name != "summary.json"]
+    assert partial.name.startswith(".summary.json.") and partial.stat().st_size == 64 * 1024
+    # Without a previous summary, there is no summary.json at all: whole or absent.
+    (tmp_path / "fresh").mkdir()
+    done = _write_in_child(tmp_path / "fresh" / "summary.json", new, max_file_bytes=64 * 1024)
+    assert done.returncode == -signal.SIGXFSZ
+    assert not (tmp_path / "fresh" / "summary.json").exists()
+
+
+def test_a_write_that_fills_the_disk_leaves_the_previous_summary_and_no_temporary(tmpfs):
+    full = tmpfs("small", size="256k")
+    path = full / "summary.json"
+    old = {"status": "completed", "metrics": {"test/acc": 0.9}}
+    write_json_atomic(path, old)
+    with pytest.raises(OSError) as err:
+        write_json_atomic(path, {"blob": "x" * 1_000_000})
+    assert err.value.errno == errno.ENOSPC
+    assert json.loads(path.read_text()) == old
+    assert [p.name for p in full.iterdir()] == ["summary.json"]
