@@ -62,7 +62,7 @@ def check_positive(
 def check_choice(key: str, value: Any, choices: Sequence[str]) -> Any:
     """``value`` if it is one of ``choices``, else :class:`ConfigError` listing them."""
     if value not in choices:
-        raise ConfigError(key, " | ".join(choices), value)
+        raise ConfigError(key, " | ".join(map(str, choices)), value)
     return value
 
 

@@ -1,4 +1,4 @@
-"""Every model, data, optim and analysis key refuses bad values with one line naming the key.
+"""Every key a user can set refuses bad values with one line naming the key.
 
 Each case composes the real configs with one bad override and builds the job as
 ``resnet-dyn`` does before training (``build_job``). ``test_every_key_has_a_bad_value_case``
@@ -133,6 +133,67 @@ CASES: list[tuple[list[str], str]] = [
     (["analysis.noise.images=0"], "analysis.noise.images"),
     (["analysis.noise.sigmas=[0.1,-1]"], "analysis.noise.sigmas"),
     (["analysis.noise.sigmas=[]"], "analysis.noise.sigmas"),
+    # top-level keys
+    (["seed=abc"], "seed"),
+    (["seed=-1"], "seed"),
+    (["resume=maybe"], "resume"),
+    (["compile=1"], "compile"),
+    (["tags=depth"], "tags"),
+    (["tags=[1]"], "tags"),
+    (["task_name=''"], "task_name"),
+    # trainer
+    (["trainer.accelerator=quantum"], "trainer.accelerator"),
+    (["trainer.devices=0"], "trainer.devices"),
+    (["trainer.max_epochs=-1"], "trainer.max_epochs"),
+    (["trainer.max_epochs=ten"], "trainer.max_epochs"),
+    (["trainer.precision=8"], "trainer.precision"),
+    (["trainer.log_every_n_steps=0"], "trainer.log_every_n_steps"),
+    (["trainer.check_val_every_n_epoch=0"], "trainer.check_val_every_n_epoch"),
+    (["trainer.deterministic=perhaps"], "trainer.deterministic"),
+    (["trainer.fast_dev_run=-1"], "trainer.fast_dev_run"),
+    (["trainer.limit_train_batches=1.5"], "trainer.limit_train_batches"),
+    (["trainer.limit_val_batches=-1"], "trainer.limit_val_batches"),
+    (["trainer.limit_test_batches=half"], "trainer.limit_test_batches"),
+    (["trainer.enable_model_summary=2"], "trainer.enable_model_summary"),
+    (["trainer.enable_progress_bar=sometimes"], "trainer.enable_progress_bar"),
+    (["trainer=ddp", "trainer.strategy=nonsense"], "trainer.strategy"),
+    (["trainer=ddp", "trainer.sync_batchnorm=often"], "trainer.sync_batchnorm"),
+    (["+trainer.max_steps=many"], "trainer"),  # any other Trainer argument: Lightning checks
+    # logger
+    (["logger.wandb.project=''"], "logger.wandb.project"),
+    (["logger.wandb.entity=''"], "logger.wandb.entity"),
+    (["logger.wandb.offline=perhaps"], "logger.wandb.offline"),
+    (["logger.wandb.group=7"], "logger.wandb.group"),
+    (["logger.wandb.job_type=''"], "logger.wandb.job_type"),
+    # callbacks
+    (["callbacks.model_checkpoint.monitor=val/f1"], "callbacks.model_checkpoint.monitor"),
+    (["callbacks.model_checkpoint.mode=maximal"], "callbacks.model_checkpoint.mode"),
+    (["callbacks.model_checkpoint.save_last=often"], "callbacks.model_checkpoint.save_last"),
+    (
+        ["callbacks.model_checkpoint.auto_insert_metric_name=3"],
+        "callbacks.model_checkpoint.auto_insert_metric_name",
+    ),  # fmt: skip
+    (["callbacks.lr_monitor.logging_interval=hour"], "callbacks.lr_monitor.logging_interval"),
+    (
+        ["callbacks=spectrum", "callbacks.spectrum.every_n_epochs=-1"],
+        "callbacks.spectrum.every_n_epochs",
+    ),  # fmt: skip
+    (
+        ["callbacks=perturbation", "callbacks.perturbation.every_n_epochs=-1"],
+        "callbacks.perturbation.every_n_epochs",
+    ),  # fmt: skip
+    (
+        ["callbacks=identity", "callbacks.identity.every_n_epochs=-1"],
+        "callbacks.identity.every_n_epochs",
+    ),  # fmt: skip
+    ([*CIRCLES, "callbacks=lagzi", "callbacks.lagzi.threshold=-1"], "callbacks.lagzi.threshold"),
+    ([*CIRCLES, "callbacks=lagzi", "callbacks.lagzi.prune=perhaps"], "callbacks.lagzi.prune"),
+    ([*CIRCLES, "callbacks=lagzi", "callbacks.lagzi.min_depth=0"], "callbacks.lagzi.min_depth"),
+    ([*CIRCLES, "callbacks=lagzi", "callbacks.lagzi.images=0"], "callbacks.lagzi.images"),
+    (
+        [*CIRCLES, "callbacks=lagzi", "callbacks.lagzi.trajectory_depth=0"],
+        "callbacks.lagzi.trajectory_depth",
+    ),  # fmt: skip
 ]
 
 # Keys with no invalid value to test here, and why.
@@ -141,6 +202,21 @@ EXEMPT = {
     "data.root": "any path; empty or bad image folders are their own errors (test_data.py)",
     "data.mean": "covered above on digits and cifar10",
     "optim.optimizer.*": "passed to the torch optimizer, which checks them (cases above)",
+    "paths.*": "any folder; an unwritable one is its own one-line error (test_faults.py)",
+    "trainer.default_root_dir": "the job folder (paths.output_dir)",
+    "callbacks.model_checkpoint.dirpath": "a folder below the job folder",
+    "callbacks.model_checkpoint.filename": "any file name template",
+    "callbacks.identity.output_dir": "the job folder",
+    "callbacks.lagzi.output_dir": "the job folder",
+    "callbacks.noise.output_dir": "the job folder",
+    "callbacks.perturbation.output_dir": "the job folder",
+    "callbacks.spectrum.output_dir": "the job folder",
+    "callbacks.identity.identity": "${analysis.identity}: the analysis cases above",
+    "callbacks.noise.noise": "${analysis.noise}: the analysis cases above",
+    "callbacks.perturbation.perturbation": "${analysis.perturbation}: the cases above",
+    "callbacks.perturbation.images": "${analysis.images}: the cases above",
+    "callbacks.spectrum.analysis": "${analysis}: the cases above",
+    "logger.wandb": "the W&B logger itself; logger=none drops it",
 }
 
 
@@ -148,7 +224,9 @@ EXEMPT = {
     "overrides, key", CASES, ids=[" ".join(o).replace("/", "|") for o, _ in CASES]
 )
 def test_a_bad_value_is_one_line_naming_the_key(overrides, key, tmp_path):
-    cfg = compose_config("train", [*overrides, "logger=none"], tmp_path)
+    # No W&B run is started by build_job; logger=none keeps a stray one from starting.
+    quiet = [] if any(o.startswith("logger.") for o in overrides) else ["logger=none"]
+    cfg = compose_config("train", [*overrides, *quiet], tmp_path)
     with pytest.raises(UserError) as info:
         build_job(cfg)
     message = str(info.value)
@@ -168,10 +246,15 @@ def _leaf_keys(node: object, prefix: str) -> set[str]:
 
 
 def test_every_key_has_a_bad_value_case():
+    """Every key a user can set: the groups' keys and the top-level keys of train.yaml."""
     keys: set[str] = set()
-    for group in ("model", "data", "optim", "analysis"):
+    groups = ("model", "data", "optim", "analysis", "trainer", "logger", "callbacks", "paths")
+    for group in groups:
         for path in (CONF / group).glob("*.yaml"):
             keys |= _leaf_keys(yaml.safe_load(path.read_text()) or {}, group)
+    top = yaml.safe_load((CONF / "train.yaml").read_text())
+    keys |= {k for k in top if k != "defaults"}
+    assert {"seed", "trainer.max_epochs", "callbacks.lagzi.threshold"} <= keys
     tested = {key for _, key in CASES}
     exempt = {k for k in keys if k in EXEMPT or k.rsplit(".", 1)[0] + ".*" in EXEMPT}
     missing = sorted(k for k in keys - tested - exempt if not k.startswith("data.seed"))
@@ -183,6 +266,8 @@ def test_every_key_has_a_bad_value_case():
     [
         ("analysis.perturbation.eps=-1", "analysis.perturbation.eps"),
         ("data.fraction=2", "data.fraction"),
+        ("seed=abc", "seed"),
+        ("trainer.max_epochs=-1", "trainer.max_epochs"),
     ],
 )
 def test_the_cli_prints_one_line_and_exits_2(override, key, tmp_path):

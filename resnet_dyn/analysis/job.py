@@ -27,7 +27,7 @@ from resnet_dyn.analysis.run import (
     wandb_spectra,
 )
 from resnet_dyn.config.build import build
-from resnet_dyn.config.checks import check_perturbation
+from resnet_dyn.config.checks import check_job_config, check_perturbation
 from resnet_dyn.errors import ConfigError
 from resnet_dyn.files import write_json_atomic
 from resnet_dyn.logs.wandb_run import finish_wandb, start_wandb
@@ -61,12 +61,16 @@ def analyze(cfg: DictConfig) -> dict[str, Any]:
         "config": OmegaConf.to_container(cfg, resolve=True),
     }
     try:
+        check_job_config(cfg)
+        try:
+            device = torch.device(cfg.device)
+        except (RuntimeError, TypeError):
+            raise ConfigError("device", "cpu, cuda or cuda:<index>", cfg.device) from None
         L.seed_everything(cfg.seed, verbose=False)
         datamodule = build(cfg.data)
         net = load_network(cfg, datamodule.input_shape, datamodule.num_classes)
         a = check_analysis(cfg.analysis, net)
         images, labels = probe(datamodule, a["images"], "analysis.images")
-        device = torch.device(cfg.device)
         net = net.to(device)
         run = start_wandb(cfg, job_dir)
         total = (len(net.units) if a["units"] == "all" else len(a["units"])) * any(

@@ -6,15 +6,20 @@ from typing import Any
 
 from hydra.errors import InstantiationException
 from hydra.utils import instantiate
+from lightning.fabric.utilities.exceptions import MisconfigurationException
+from omegaconf import OmegaConf
 
-from resnet_dyn.errors import UserError
+from resnet_dyn.errors import ConfigError, UserError
 
 
-def build(node: Any, /, **kwargs: Any) -> Any:
+def build(node: Any, /, key: str | None = None, **kwargs: Any) -> Any:
     """``hydra.utils.instantiate(node, **kwargs)``, re-raising a :class:`UserError` unwrapped.
 
     Hydra wraps whatever a ``_target_`` raises in an InstantiationException with the
     target's name and a repr of the error; a bad value should read as its own message.
+    With ``key`` (the node's config key, e.g. ``callbacks.model_checkpoint``), any other
+    error of the target's arguments (ValueError, TypeError, Lightning's
+    MisconfigurationException) becomes a :class:`ConfigError` naming that key.
     """
     try:
         return instantiate(node, **kwargs)
@@ -22,4 +27,9 @@ def build(node: Any, /, **kwargs: Any) -> Any:
         cause = exc.__cause__
         if isinstance(cause, UserError):
             raise cause from None
-        raise
+        if key is None or not isinstance(cause, (ValueError, TypeError, MisconfigurationException)):
+            raise
+        given = OmegaConf.to_container(node, resolve=True)
+        target = given.pop("_target_", "the target")
+        reason = " ".join(str(cause).split())
+        raise ConfigError(key, f"arguments {target} accepts ({reason})", given) from None

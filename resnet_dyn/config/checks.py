@@ -1,9 +1,11 @@
-"""Checks of the ``analysis`` config group, run before any training.
+"""Checks of the keys that no built object checks for us, run before any training.
 
-Models, datamodules and the optimizer check their own keys when they are built; the
-``analysis`` keys are only read at the end of training, so a bad value would otherwise cost
-a whole run before it surfaced. Every failure is a :class:`~resnet_dyn.errors.ConfigError`:
-one line naming the key and what it expects.
+Models, datamodules, callbacks and the optimizer check their own keys when they are built.
+The top-level keys (seed, resume, ...), ``trainer.*`` and ``logger.wandb.*`` are handed to
+libraries whose errors are tracebacks, and the ``analysis`` keys are only read at the end
+of training, so a bad value would otherwise cost a whole run before it surfaced. Every
+failure is a :class:`~resnet_dyn.errors.ConfigError`: one line naming the key and what it
+expects.
 """
 
 from __future__ import annotations
@@ -14,7 +16,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from resnet_dyn.dynamics.analyze import DTYPES, METHODS
 from resnet_dyn.dynamics.perturbation import ATTACKS, RANDOM_KINDS
-from resnet_dyn.errors import ConfigError, check_choice, check_int, check_positive
+from resnet_dyn.errors import ConfigError, check_bool, check_choice, check_int, check_positive
 
 MAPS = ("sum", "unit", "stage")
 
@@ -91,3 +93,90 @@ def check_analysis_config(acfg: DictConfig | dict, num_units: int) -> dict[str, 
     units = [a["units"]] if isinstance(a["units"], int) else a["units"]
     counted = [hist["units"]] if isinstance(hist["units"], int) else hist["units"]
     return {**a, "maps": maps, "units": units, "histogram": {**hist, "units": counted}}
+
+
+# What the training module logs, and so what a checkpoint can be chosen by.
+MONITORED = ("val/acc", "val/loss", "train/acc", "train/loss", "train/loss_epoch")
+ACCELERATORS = ("auto", "cpu", "gpu", "cuda", "mps", "tpu")
+PRECISIONS = ("32-true", "32", "16-mixed", "16", "bf16-mixed", "bf16", "16-true", "bf16-true",
+              "64-true", "64", 16, 32, 64)  # fmt: skip
+
+
+def _string(key: str, value: Any, *, optional: bool = False) -> None:
+    if not (isinstance(value, str) and value) and not (optional and value is None):
+        raise ConfigError(key, "a non-empty string" + (" or null" if optional else ""), value)
+
+
+def _batches(key: str, value: Any) -> None:
+    """Lightning's ``limit_*_batches``: a share in [0, 1] (float) or a count (int)."""
+    if isinstance(value, float) and 0 <= value <= 1:
+        return
+    if isinstance(value, int) and not isinstance(value, bool) and value >= 0:
+        return
+    raise ConfigError(key, "a fraction in [0.0, 1.0] or a number of batches >= 0", value)
+
+
+def check_trainer(trainer: DictConfig) -> None:
+    """The ``trainer.*`` keys of ``conf/trainer/``; other Trainer arguments are checked by
+    Lightning when the Trainer is built (:func:`resnet_dyn.config.build.build`)."""
+    from lightning.pytorch.strategies import StrategyRegistry
+
+    t = trainer
+    check_choice("trainer.accelerator", t.get("accelerator", "auto"), ACCELERATORS)
+    devices = t.get("devices", "auto")
+    if devices != "auto" and not (
+        isinstance(devices, int) and not isinstance(devices, bool) and devices >= 1
+    ):
+        raise ConfigError("trainer.devices", "auto or a number of devices >= 1", devices)
+    check_int("trainer.max_epochs", t.get("max_epochs", 1), 1)
+    check_choice("trainer.precision", t.get("precision", "32-true"), PRECISIONS)
+    check_int("trainer.log_every_n_steps", t.get("log_every_n_steps", 1), 1)
+    if t.get("check_val_every_n_epoch", 1) is not None:
+        check_int("trainer.check_val_every_n_epoch", t.get("check_val_every_n_epoch", 1), 1)
+    if t.get("deterministic", False) != "warn":
+        check_bool("trainer.deterministic", t.get("deterministic", False), optional=True)
+    fast = t.get("fast_dev_run", False)
+    if not isinstance(fast, bool):
+        check_int("trainer.fast_dev_run", fast, 0)
+    for split in ("train", "val", "test"):
+        _batches(f"trainer.limit_{split}_batches", t.get(f"limit_{split}_batches", 1.0))
+    for flag in ("enable_model_summary", "enable_progress_bar", "sync_batchnorm"):
+        check_bool(f"trainer.{flag}", t.get(flag, False))
+    strategies = ("auto", *StrategyRegistry.available_strategies())
+    check_choice("trainer.strategy", t.get("strategy", "auto"), strategies)
+
+
+def check_job_config(cfg: DictConfig) -> None:
+    """The top-level keys of a job's config (``seed``, ``resume``, ``compile``, ``tags``,
+    ``task_name``, where present), ``logger.wandb.*`` and ``trainer.*`` (where present)."""
+    check_int("seed", cfg.seed, 0)
+    for flag in ("resume", "compile"):
+        if flag in cfg:
+            check_bool(flag, cfg[flag])
+    tags = cfg.get("tags", [])
+    tags = OmegaConf.to_container(tags, resolve=True) if OmegaConf.is_config(tags) else tags
+    if not isinstance(tags, list) or not all(isinstance(t, str) and t for t in tags):
+        raise ConfigError("tags", "a list of non-empty strings, e.g. [depth_sweep]", tags)
+    _string("task_name", cfg.task_name)
+    wb = cfg.logger.get("wandb") if "logger" in cfg else None
+    if wb:
+        _string("logger.wandb.project", wb.project)
+        _string("logger.wandb.entity", wb.entity, optional=True)
+        check_bool("logger.wandb.offline", wb.offline)
+        _string("logger.wandb.group", wb.group, optional=True)
+        _string("logger.wandb.job_type", wb.job_type)
+    if "trainer" in cfg:
+        check_trainer(cfg.trainer)
+    callbacks = cfg.get("callbacks") or {}
+    ckpt = callbacks.get("model_checkpoint")
+    if ckpt:
+        key = "callbacks.model_checkpoint"
+        check_choice(f"{key}.monitor", ckpt.monitor, MONITORED)
+        check_choice(f"{key}.mode", ckpt.mode, ("max", "min"))
+        check_bool(f"{key}.save_last", ckpt.save_last)
+        check_bool(f"{key}.auto_insert_metric_name", ckpt.auto_insert_metric_name)
+    lr = callbacks.get("lr_monitor")
+    if lr:
+        check_choice(
+            "callbacks.lr_monitor.logging_interval", lr.logging_interval, ("step", "epoch")
+        )

@@ -1,8 +1,8 @@
 """Residual networks as dynamical systems: linearizations of units and stages and their spectra.
 
-    >>> from resnet_dyn.dynamics import analyze_units, with_intervention
-    >>> results = analyze_units(net.eval(), images, units=[0, 19], maps=("sum", "unit"))
-    >>> results[1]["sum"]["frac_one"], results[1]["sum"]["method"]
+    from resnet_dyn.dynamics import analyze_units, with_intervention
+    results = analyze_units(net.eval(), images, units=[0, 19], maps=("sum", "unit"))
+    results[1]["sum"]["frac_one"], results[1]["sum"]["method"]
 
 Building blocks: :mod:`.maps` (unit/stage maps of one image), :mod:`.window`
 (receptive windows), :mod:`.jacobian` (dense and colored Jacobians), :mod:`.krylov`

@@ -1,10 +1,10 @@
 """Spectral statistics of every unit (and stage) linearization of a ResidualNet at a set of images.
 
-    >>> results = analyze_units(net.eval(), images[:4], units="all", maps=("sum", "unit"))
-    >>> r = results[19]
-    >>> r["index"], r["stage"], r["dim_in"], r["sum"]["frac_one"], r["sum"]["frac_one_std"]
-    >>> r["sum"]["method"], r["sum"]["fractions"]   # e.g. "count+shift_invert", "exact"
-    >>> np.savez("spectra.npz", **spectra_arrays(results))
+    results = analyze_units(net.eval(), images[:4], units="all", maps=("sum", "unit"))
+    r = results[19]
+    r["index"], r["stage"], r["dim_in"], r["sum"]["frac_one"], r["sum"]["frac_one_std"]
+    r["sum"]["method"], r["sum"]["fractions"]   # e.g. "count+shift_invert", "exact"
+    np.savez("spectra.npz", **spectra_arrays(results))
 
 Every image is linearized on its own; a map's summary holds the mean over images of
 each statistic (:mod:`resnet_dyn.dynamics.stats`) and ``<stat>_std``, its raw

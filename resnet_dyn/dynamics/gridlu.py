@@ -1,8 +1,19 @@
 """LU factorization of a local map's Jacobian in nested-dissection order, dense per front.
 
+    >>> import torch
+    >>> from resnet_dyn.dynamics.jacobian import jacobian, local_jacobian
+    >>> from resnet_dyn.dynamics.maps import unit_map
+    >>> from resnet_dyn.models import CifarResNet
+    >>> _ = torch.manual_seed(0)
+    >>> net = CifarResNet(depth=8, input_shape=(3, 8, 8)).eval()
+    >>> f = unit_map(net, 0, torch.randn(16, 8, 8), "sum")  # stride 1, two 3x3 convs
     >>> lu = GridLU.factor(local_jacobian(f), f.in_shape, reach=(2, 2))  # or a dense J
+    >>> b = torch.randn(3, f.dim_in, dtype=torch.float64)
     >>> x = lu.solve(b)        # rows of b: J x_i = b_i
     >>> y = lu.solve_t(b)      # J^T y_i = b_i
+    >>> J = jacobian(f).matrix.double()
+    >>> torch.allclose(x @ J.T, b), torch.allclose(y @ J, b)
+    (True, True)
 
 J of a stride-1 conv map on a (C, H, W) grid couples pixels at most ``reach`` apart per
 axis (its receptive window). Cutting the grid by separators ``reach`` pixels thick splits

@@ -1,8 +1,9 @@
 """How far each residual block is from the identity (paper 3).
 
-    >>> m = identity_magnitudes(net.eval(), dm.test_dataloader())
-    >>> m["abs"][l], m["scaled"][l]          # block l, averaged over the data
-    >>> m["scaled_mean"]                     # averaged over the blocks too
+    m = identity_magnitudes(net.eval(), dm.test_dataloader())
+    m["abs"][l], m["scaled"][l]          # block l, averaged over the data
+    m["scaled_mean"]                     # averaged over the blocks too
+
     >>> stopping_depth([6, 12, 24, 48], [0.4, 0.2, 0.09, 0.05], epsilon=0.1)
     24
 

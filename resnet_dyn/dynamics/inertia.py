@@ -1,8 +1,17 @@
 """Exact counts of singular values below thresholds, by Sylvester's law of inertia.
 
-    >>> below = singular_value_counts(f, [1e-3, 1 - 1e-3, 1 + 1e-3])  # #{sigma < c} for each c
+    >>> import torch
+    >>> from resnet_dyn.dynamics.maps import unit_map
+    >>> from resnet_dyn.models import CifarResNet
+    >>> _ = torch.manual_seed(0)
+    >>> net = CifarResNet(depth=8, input_shape=(3, 8, 8)).eval()
+    >>> f = unit_map(net, 0, torch.randn(16, 8, 8), "sum")  # 1024 singular values
+    >>> singular_value_counts(f, [1e-3, 1 - 1e-3, 1 + 1e-3])  # #{sigma < c} for each c
+    [0, 497, 506]
     >>> exact_fractions(f, tol=1e-3)      # frac_one, frac_gt_one, frac_zero: counts, not estimates
-    >>> singular_value_histogram(f, torch.linspace(0, 2, 41))  # exact counts per bin
+    {'frac_one': 0.0087890625, 'frac_gt_one': 0.505859375, 'frac_zero': 0.0}
+    >>> singular_value_histogram(f, torch.linspace(0, 2, 9))  # exact counts per bin
+    tensor([ 57,  78, 113, 258, 126,  81,  62,  50])
 
 For a symmetric matrix A and a shift s, the number of eigenvalues of A below s is the
 number of negative eigenvalues of D in any factorization A - sI = L D L^T (Sylvester's

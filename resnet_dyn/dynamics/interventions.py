@@ -1,9 +1,9 @@
 """Post-hoc interventions without retraining: change alpha (skip scale) or beta (weight scale)
 on a copy of a trained model, then re-run any analysis.
 
-    >>> weak = with_intervention(net, skip_scale=0.5, units=[19])
-    >>> accuracy(weak, x_test, y_test), analyze_units(weak, images, units=[19])[0]["sum"]
-    >>> rows = sweep(net, images, (x_test, y_test), skip_scales=[0.5, 1.0, 2.0], units=[19])
+    weak = with_intervention(net, skip_scale=0.5, units=[19])
+    accuracy(weak, x_test, y_test), analyze_units(weak, images, units=[19])[0]["sum"]
+    rows = sweep(net, images, (x_test, y_test), skip_scales=[0.5, 1.0, 2.0], units=[19])
 """
 
 from __future__ import annotations

@@ -1,8 +1,15 @@
 """Jacobians of unit and stage maps from batched Jacobian-vector products.
 
+    >>> import torch
+    >>> from resnet_dyn.dynamics.maps import unit_map, unit_states
+    >>> from resnet_dyn.models import CifarResNet
+    >>> _ = torch.manual_seed(0)
+    >>> net = CifarResNet(depth=8, input_shape=(3, 8, 8)).eval()
+    >>> states = unit_states(net, torch.randn(1, 3, 8, 8))
     >>> f = unit_map(net, 0, states[0][0], "sum")
     >>> jac = jacobian(f)                 # coloring for conv units, dense JVPs otherwise
     >>> jac.matrix.shape, jac.method      # (dim_out, dim_in), "coloring" or "dense"
+    (torch.Size([1024, 1024]), 'coloring')
 
 ``dense``: ``torch.func.jvp`` under ``vmap`` over chunks of basis vectors.
 ``coloring``: an output pixel of a conv map only sees a window of the input
@@ -128,9 +135,20 @@ class LocalJacobian:
     off the grid: ``n_out * C_in * kh * kw`` numbers where J has ``n_out * n_in`` (26 MB
     against 1 GiB for a 16x32x32 unit).
 
+        >>> import torch
+        >>> from resnet_dyn.dynamics.maps import unit_map
+        >>> from resnet_dyn.models import CifarResNet
+        >>> _ = torch.manual_seed(0)
+        >>> net = CifarResNet(depth=8, input_shape=(3, 8, 8)).eval()
+        >>> f = unit_map(net, 0, torch.randn(16, 8, 8), "sum")  # unit 0 at a random state
         >>> lj = local_jacobian(f)
-        >>> lj.pixel_block(rows, cols)  # J between output pixels rows, input pixels cols
-        >>> lj.dense()                # J itself
+        >>> lj.kernels.shape          # (H_out, W_out, kh, kw, C_out, C_in)
+        torch.Size([8, 8, 5, 5, 16, 16])
+        >>> rows, cols = torch.tensor([0, 1]), torch.tensor([0, 1, 2])
+        >>> lj.pixel_block(rows, cols).shape  # J between output pixels rows, input pixels cols
+        torch.Size([32, 48])
+        >>> torch.allclose(lj.dense(), jacobian(f).matrix)  # J itself
+        True
     """
 
     kernels: torch.Tensor

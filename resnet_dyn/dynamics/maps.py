@@ -1,8 +1,16 @@
 """The maps that are linearized: one residual unit or a whole stage, at one image's state.
 
-    >>> net = CifarResNet(depth=20).eval()
+    >>> import torch
+    >>> from resnet_dyn.models import CifarResNet
+    >>> _ = torch.manual_seed(0)
+    >>> net = CifarResNet(depth=8, input_shape=(3, 8, 8)).eval()  # 3 units, one per stage
+    >>> images = torch.randn(2, 3, 8, 8)
     >>> states = unit_states(net, images)          # x_0 .. x_K, each (B, C, H, W)
-    >>> f = unit_map(net, 3, states[3][0], "sum")  # x -> alpha*shortcut(x) + F(x) at image 0
+    >>> [tuple(x.shape) for x in states]
+    [(2, 16, 8, 8), (2, 16, 8, 8), (2, 32, 4, 4), (2, 64, 2, 2)]
+    >>> f = unit_map(net, 1, states[1][0], "sum")  # x -> alpha*shortcut(x) + F(x) at image 0
+    >>> f.in_shape, f.out_shape                    # unit 1 starts stage 1: stride 2
+    (torch.Size([16, 8, 8]), torch.Size([32, 4, 4]))
     >>> f(f.x).shape == f.out_shape
     True
 

@@ -1,9 +1,9 @@
 """Adversarial and random input perturbations and how they grow through the units (paper 1).
 
-    >>> images, labels = dm.probe_batch(64)                     # normalised, as the net sees them
-    >>> pixels = to_pixels(images, dm.mean, dm.std)             # back to [0, 1]
-    >>> out = perturbation_analysis(net.eval(), pixels, labels, dm.mean, dm.std, attack="pgd_linf")
-    >>> out["adversarial_rel"][-1], out["random_rel"][-1]      # at the output of the last unit
+    images, labels = dm.probe_batch(64)                     # normalised, as the net sees them
+    pixels = to_pixels(images, dm.mean, dm.std)             # back to [0, 1]
+    out = perturbation_analysis(net.eval(), pixels, labels, dm.mean, dm.std, attack="pgd_linf")
+    out["adversarial_rel"][-1], out["random_rel"][-1]      # at the output of the last unit
 
 Attacks work in pixel space [0, 1]: :class:`Normalized` puts the datamodule's
 normalisation inside the model, and every adversarial image is clamped to [0, 1].

@@ -1,10 +1,22 @@
 """Singular values of unit and stage linearizations: dense, extreme (Krylov) and distribution (SLQ).
 
-    >>> sigma = dense_singular_values(jacobian(f).matrix)            # all, descending
+    >>> import torch
+    >>> from resnet_dyn.dynamics.maps import unit_map
+    >>> from resnet_dyn.models import CifarResNet
+    >>> _ = torch.manual_seed(0)
+    >>> net = CifarResNet(depth=8, input_shape=(3, 4, 4)).eval()
+    >>> f = unit_map(net, 0, torch.randn(16, 4, 4), "sum")          # J: 256 x 256
+    >>> sigma, _ = dense_singular_values(jacobian(f).matrix)         # all, descending
     >>> ext = extreme_singular_values(f, k=5, which="both", vectors=True)
-    >>> ext["largest"].values, ext["smallest"].residuals, ext["largest"].vectors.shape
+    >>> ext["largest"].values.shape, ext["smallest"].residuals.shape, ext["largest"].vectors.shape
+    (torch.Size([5]), torch.Size([5]), torch.Size([5, 16, 4, 4]))
+    >>> torch.allclose(ext["largest"].values, sigma[:5].double())
+    True
     >>> quad = singular_value_quadrature(f, probes=16, steps=80)    # for fractions
+    >>> quad.nodes.shape           # per probe, 80 nodes (sigma^2)
+    torch.Size([16, 80])
     >>> ext["smallest"].method     # "shift_invert" (square maps up to n = 4096) or "gram"
+    'shift_invert'
 
 Rectangular maps: J (dim_out x dim_in) has ``min(dim_in, dim_out)`` singular values.
 The matrix-free methods work on the Gram operator of the smaller side, ``J^T J``

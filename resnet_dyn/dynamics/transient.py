@@ -1,11 +1,11 @@
 """Transient dynamics of residual networks: residual trajectories, fixed points, noise (paper 2).
 
-    >>> tr = trajectory(net, x)                        # x(0..T) and y(1..T), lists over layers
-    >>> stats = class_statistics(tr.residuals, labels) # per class mean/std of y(t)
-    >>> c = convergence(tr.residuals)                  # (B, T-1): c(t) = mean_i |y_i(t) - y_i(t-1)|
-    >>> long = trajectory(net, x, depth=1000)          # a tied model unrolled without retraining
-    >>> fp = fixed_points(net.double(), x.double())    # y*, Jacobian eigenvalues, saddles
-    >>> yc = continuous_trajectory(net, x)             # dy/dt = y(1-y)(W y), at t = 1..T
+    tr = trajectory(net, x)                        # x(0..T) and y(1..T), lists over layers
+    stats = class_statistics(tr.residuals, labels) # per class mean/std of y(t)
+    c = convergence(tr.residuals)                  # (B, T-1): c(t) = mean_i |y_i(t) - y_i(t-1)|
+    long = trajectory(net, x, depth=1000)          # a tied model unrolled without retraining
+    fp = fixed_points(net.double(), x.double())    # y*, Jacobian eigenvalues, saddles
+    yc = continuous_trajectory(net, x)             # dy/dt = y(1-y)(W y), at t = 1..T
 
 Residuals. A unit maps x(t) to x(t+1) = act(alpha * shortcut(x(t)) + F(x(t))); its residual is
 y(t+1) = x(t+1) - alpha * shortcut(x(t)), which for Lagzi's dense ResNet is f(W x(t) + b).

@@ -4,8 +4,15 @@ Output pixel ``o`` of a map with ``Window(stride=s, lo=l, hi=h)`` (per spatial
 axis) depends only on input pixels ``s*o - l .. s*o + h``. Two 3x3 convs give
 ``Window((1, 1), (2, 2), (2, 2))``: a 5x5 window.
 
+    >>> import torch
+    >>> from resnet_dyn.dynamics.maps import unit_map
+    >>> from resnet_dyn.models import CifarResNet
+    >>> net = CifarResNet(depth=8, input_shape=(3, 8, 8)).eval()
+    >>> x = torch.zeros(16, 8, 8)  # a state at unit 0 or 1 (16 channels)
     >>> local_window(unit_map(net, 0, x, "sum"))
     Window(stride=(1, 1), lo=(2, 2), hi=(2, 2))
+    >>> local_window(unit_map(net, 1, x, "sum"))  # first conv of stride 2: a 7x7 window
+    Window(stride=(2, 2), lo=(3, 3), hi=(3, 3))
 
 Layers that mix all positions (Linear, pooling, unknown modules) raise
 :class:`NonLocalMap` with the reason, so callers can fall back to dense Jacobians.

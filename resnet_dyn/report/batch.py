@@ -5,7 +5,8 @@
     ...                    32: (steps[:4], np.array([3, .5, .2, .1]))})
     >>> r["k"], r["speedup"], r["regime"]      # epsilon: lower quartile of m=32's losses, 0.175
     ([8, 4], [1.0, 2.0], ['linear', 'linear'])
-    >>> batch_results(load_sweep(Path("multirun/demo")))   # per optim.lr_scaling, say
+
+    batch_results(load_sweep(Path("multirun/demo")))   # per optim.lr_scaling, say
 
 k(m) counts the iterations until the per-step training loss (``train/loss`` in the job's
 ``csv/metrics.csv``) is at most epsilon; s(m) = k(m0) / k(m) is linear when it equals m / m0.

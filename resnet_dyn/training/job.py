@@ -13,14 +13,14 @@ import json
 import logging
 import time
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 import lightning as L
 from omegaconf import DictConfig, OmegaConf
 
 from resnet_dyn.analysis.checkpoints import read_checkpoint
 from resnet_dyn.config.build import build
-from resnet_dyn.config.checks import check_analysis_config
+from resnet_dyn.config.checks import check_analysis_config, check_job_config
 from resnet_dyn.errors import UserError
 from resnet_dyn.files import unwritable_reason, write_json_atomic
 from resnet_dyn.logs.wandb_run import finish_wandb, start_wandb
@@ -70,13 +70,20 @@ def trainer_plugins() -> list:
     return plugins
 
 
-def build_callbacks(cfg: DictConfig) -> list[L.Callback]:
-    return [build(c) for c in cfg.callbacks.values() if c is not None]
+class Job(NamedTuple):
+    """A training job, built and checked, with nothing trained or written yet."""
+
+    datamodule: L.LightningDataModule
+    module: ClassificationModule
+    trainer: L.Trainer  # its loggers are added by fit, which starts the W&B run
 
 
-def build_job(cfg: DictConfig) -> tuple[L.LightningDataModule, ClassificationModule]:
-    """The datamodule and the Lightning module of ``cfg``, with every model, data, optim and
-    analysis key checked: a bad value stops here, before anything is trained or written."""
+def build_job(cfg: DictConfig) -> Job:
+    """The seeded datamodule, Lightning module and Trainer (with its callbacks) of ``cfg``,
+    every key a user can set checked: a bad value stops here, before anything is trained or
+    written, as one line naming the key."""
+    check_job_config(cfg)
+    L.seed_everything(cfg.seed, workers=True, verbose=False)
     datamodule = build(cfg.data)
     net = build(cfg.model, input_shape=datamodule.input_shape, num_classes=datamodule.num_classes)
     # Plain values only, under a registry name: loading never instantiates what a file says.
@@ -99,7 +106,20 @@ def build_job(cfg: DictConfig) -> tuple[L.LightningDataModule, ClassificationMod
     )
     # Read only at the end of training, by the analyses.
     check_analysis_config(cfg.analysis, len(net.units))
-    return datamodule, module
+    callbacks = [
+        build(node, key=f"callbacks.{name}")
+        for name, node in cfg.callbacks.items()
+        if node is not None
+    ]
+    last = Path(cfg.paths.output_dir) / "checkpoints" / "last.ckpt"
+    trainer: L.Trainer = build(
+        cfg.trainer,
+        key="trainer",
+        logger=False,
+        callbacks=[*callbacks, CheckpointOnSignal(last)],
+        plugins=trainer_plugins(),
+    )
+    return Job(datamodule, module, trainer)
 
 
 def fit(
@@ -107,13 +127,8 @@ def fit(
 ) -> dict[str, Any]:
     """Build data, model, module and trainer from ``cfg``; train (resuming from ``ckpt_path``,
     saved at ``resume_step``), test; return the summary fields."""
-    L.seed_everything(cfg.seed, workers=True, verbose=False)
-    datamodule, module = build_job(cfg)
-    loggers = build_loggers(cfg, job_dir, resume_step)
-    callbacks = [*build_callbacks(cfg), CheckpointOnSignal(job_dir / "checkpoints" / "last.ckpt")]
-    trainer: L.Trainer = build(
-        cfg.trainer, logger=loggers, callbacks=callbacks, plugins=trainer_plugins()
-    )
+    datamodule, module, trainer = build_job(cfg)
+    trainer.loggers = build_loggers(cfg, job_dir, resume_step)
     if ckpt_path is not None:
         log.info("resuming from %s", ckpt_path)
     # weights_only: a checkpoint file can carry no code into the job.

@@ -35,7 +35,7 @@ from resnet_dyn.dynamics.transient import (
     last_layer_converged,
     trajectory,
 )
-from resnet_dyn.errors import ConfigError, check_int, check_positive
+from resnet_dyn.errors import ConfigError, check_bool, check_int, check_positive
 from resnet_dyn.models import DenseResNet, ResidualNet
 from resnet_dyn.plots.dynamics import class_trajectories, depth_per_epoch
 from resnet_dyn.training.callbacks.base import (
@@ -76,8 +76,7 @@ class LagziCallback(L.Callback):
         trajectory_depth: int | None = None,
     ) -> None:
         check_positive(f"{KEY}.threshold", threshold, allow_zero=True)
-        if not isinstance(prune, bool):
-            raise ConfigError(f"{KEY}.prune", "true or false", prune)
+        check_bool(f"{KEY}.prune", prune)
         self.threshold, self.prune = float(threshold), prune
         self.min_depth = check_int(f"{KEY}.min_depth", min_depth, 1)
         self.images = check_int(f"{KEY}.images", images, 1)
