@@ -7,6 +7,8 @@ import gzip
 import inspect
 import socket
 import struct
+import urllib.error
+import urllib.request
 from pathlib import Path
 
 import lightning as L
@@ -18,6 +20,7 @@ from omegaconf import DictConfig, OmegaConf
 from PIL import Image
 from sklearn.datasets import load_digits
 from torch import nn
+from torchvision import datasets
 
 from resnet_dyn.data import (
     CIFAR10DataModule,
@@ -259,17 +262,25 @@ def test_incomplete_and_corrupted_cifar_are_named(tmp_path):
     assert "\n" not in message and "md5" in message and str(folder.resolve()) in message
 
 
-def test_download_without_network_is_one_line(tmp_path):
-    try:
-        socket.gethostbyname("www.cs.toronto.edu")
-        pytest.skip("network reachable: this would download CIFAR-10")
-    except OSError:
-        pass
+def test_download_without_network_is_one_line(tmp_path, monkeypatch):
+    # Offline on every machine: each request torchvision's downloader makes fails as it does
+    # without a network (name resolution), whether or not this machine has one.
+    requested: list[str] = []
+
+    def offline(request, *args, **kwargs):
+        requested.append(getattr(request, "full_url", request))
+        raise urllib.error.URLError(socket.gaierror(-3, "Temporary failure in name resolution"))
+
+    monkeypatch.setattr(urllib.request, "urlopen", offline)
     with pytest.raises(DataError) as info:
         CIFAR10DataModule(tmp_path, download=True).setup()
+    assert requested and requested[0] == datasets.CIFAR10.url  # torchvision's own download
     message = str(info.value)
-    assert message.startswith("data.download: could not download CIFAR-10 into")
-    assert "\n" not in message and str(tmp_path.resolve()) in message
+    into = f"data.download: could not download CIFAR-10 into {tmp_path.resolve()} ("
+    assert message.startswith(into)
+    assert "name resolution" in message and "\n" not in message
+    assert "cifar-10-batches-py/{data_batch_1," in message  # the files to put there by hand
+    assert isinstance(info.value.__cause__, urllib.error.URLError)
 
 
 # ---------------------------------------------------------------- image folders

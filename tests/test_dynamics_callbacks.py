@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 import torch
 from conftest import compose_config, run_cli
+from wandb_records import OfflineRun
 
 from resnet_dyn.analysis.checkpoints import load_model
 from resnet_dyn.config.build import build
@@ -54,8 +55,10 @@ def test_perturbation_callback_curves_figure_and_wandb(tmp_path):
     on_disk = json.loads((tmp_path / "summary.json").read_text())["analysis"]["perturbation"]
     assert on_disk["random_abs"] == p["random_abs"]
     assert metric_rows(tmp_path, "perturbation/final_ratio") == [pytest.approx(p["final_ratio"])]
-    wandb_log = next((tmp_path / "wandb").glob("offline-run-*/*.wandb")).read_bytes()
-    assert b"perturbation/rel" in wandb_log and b"perturbation/abs" in wandb_log
+    run = OfflineRun.read(next((tmp_path / "wandb").glob("offline-run-*")))
+    (row,) = [r for r in run.history if "perturbation/rel_table" in r]
+    assert "perturbation/abs_table" in row and row["epoch"] == 2
+    assert run.summary["perturbation/final_ratio"] == pytest.approx(p["final_ratio"])
     # resnet-dyn-analyze on the same network and images: the same fields and values.
     job = tmp_path / "analyze"
     result = run_cli(

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import csv
 import json
-import os
 import signal
 import subprocess
 import time
@@ -21,68 +20,89 @@ from resnet_dyn.training.preemption import CheckpointOnSignal, Preempted
 TRAIN = ["model.depth=8", "logger=none", "callbacks=default", "trainer.enable_progress_bar=false"]
 
 
-def _wait_for(path: Path, proc: subprocess.Popen, timeout: float = 240) -> None:
+def _train_rows(metrics: Path) -> list[tuple[int, int]]:
+    """``(step, epoch)`` of each training-loss row of a job's ``metrics.csv`` so far (the CSV
+    logger writes a row at every step); a row being written is left out."""
+    try:
+        with open(metrics, newline="") as f:
+            rows = list(csv.DictReader(f))
+    except FileNotFoundError:
+        return []
+    found = []
+    for row in rows:
+        try:
+            if row.get("train/loss"):
+                found.append((int(row["step"]), int(float(row["epoch"]))))
+        except (TypeError, ValueError):
+            continue
+    return found
+
+
+def _wait_for_epoch(metrics: Path, epoch: int, proc: subprocess.Popen, timeout: float = 240):
+    """Wait until ``metrics`` shows a training step of ``epoch``; return the rows then."""
     deadline = time.time() + timeout
-    while not path.is_file():
+    while True:
+        rows = _train_rows(metrics)
+        if any(e >= epoch for _, e in rows):
+            return rows
         assert proc.poll() is None, f"exited early: {proc.communicate()[0][-2000:]}"
-        assert time.time() < deadline, f"{path} never appeared"
-        time.sleep(0.05)
+        assert time.time() < deadline, f"no step of epoch {epoch} in {metrics}"
+        time.sleep(0.02)
+
+
+def _end(proc: subprocess.Popen) -> None:
+    """Kill ``proc`` if it still runs, and close its output pipe."""
+    proc.kill()
+    proc.wait()
+    if proc.stdout is not None:
+        proc.stdout.close()
+
+
+# 68 steps per epoch (1,077 training digits in batches of 16), about 10 ms each: a signal
+# sent at the first step of epoch 1 lands well before that epoch's end.
+SIGNAL_BATCH, SIGNAL_EPOCHS = 16, 3
 
 
 @pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGUSR1])
 def test_a_signal_saves_a_checkpoint_mid_epoch_and_the_rerun_finishes(signum, tmp_path):
     job = tmp_path / "job"
-    args = [*TRAIN, "trainer.max_epochs=8", f"hydra.run.dir={job}"]
+    args = [*TRAIN, f"data.batch_size={SIGNAL_BATCH}", f"trainer.max_epochs={SIGNAL_EPOCHS}",
+            f"hydra.run.dir={job}"]  # fmt: skip
+    metrics = job / "csv" / "metrics.csv"
     proc = start_cli(args, tmp_path)
-    last = job / "checkpoints" / "last.ckpt"
-    _wait_for(last, proc)  # the end of epoch 0: training is under way
-    time.sleep(0.3)
-    proc.send_signal(signum)
-    out = proc.communicate(timeout=120)[0]
+    try:
+        before = _wait_for_epoch(metrics, 1, proc)  # epoch 0 is whole, epoch 1 under way
+        proc.send_signal(signum)
+        out = proc.communicate(timeout=120)[0]
+    finally:
+        _end(proc)
     assert proc.returncode == 128 + signum, out[-2000:]
+    assert "Traceback" not in out
     summary = json.loads((job / "summary.json").read_text())
     assert summary["status"] == "preempted", summary.get("error")
-    saved = torch.load(last, map_location="cpu", weights_only=True)
-    # The checkpoint is the step the signal stopped at, not the last epoch end.
-    assert saved["global_step"] == summary["preempted_step"] > 0
-    assert "Traceback" not in out
+    per_epoch = sum(1 for _, epoch in before if epoch == 0)
+    assert per_epoch == -(-1077 // SIGNAL_BATCH)  # the steps of epoch 0, each logged once
+    step = summary["preempted_step"]
+    # The signal came after the last step seen, and stopped training inside an epoch: not at
+    # an epoch's end, where an epoch-end checkpoint would do as well.
+    assert step > max(s for s, _ in before)
+    assert step % per_epoch != 0, f"stopped at step {step}, an epoch's end ({per_epoch} per epoch)"
+    saved = torch.load(job / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=True)
+    # The checkpoint is the step the signal stopped at, in the epoch under way.
+    assert saved["global_step"] == step and saved["epoch"] == step // per_epoch
 
     rerun = run_cli(args, cwd=tmp_path)
     assert rerun.returncode == 0, rerun.stderr[-2000:]
-    assert "resuming from" in rerun.stdout + rerun.stderr
+    assert f"resuming from {job / 'checkpoints' / 'last.ckpt'}" in rerun.stdout + rerun.stderr
     summary = json.loads((job / "summary.json").read_text())
-    assert summary["status"] == "completed" and summary["epochs"] == 8
-    # The CSV history from before the signal is kept: every epoch has its validation row.
-    with open(job / "csv" / "metrics.csv", newline="") as f:
+    assert summary["status"] == "completed" and summary["epochs"] == SIGNAL_EPOCHS
+    # The CSV history from before the signal is kept and the rerun goes on from the signal's
+    # step: every step logged once, in its epoch, and every epoch has its validation row.
+    steps = _train_rows(metrics)
+    assert steps == [(s, s // per_epoch) for s in range(SIGNAL_EPOCHS * per_epoch)]
+    with open(metrics, newline="") as f:
         epochs = [float(r["epoch"]) for r in csv.DictReader(f) if r.get("val/acc")]
-    assert epochs == list(range(8))
-
-
-@pytest.fixture
-def tmpfs(tmp_path):
-    """Mount a small tmpfs: ``mount(name, size, read_only)`` returns its folder."""
-    mounted: list[Path] = []
-
-    def mount(name: str, size: str = "1m", read_only: bool = False) -> Path:
-        where = tmp_path / name
-        where.mkdir()
-        options = f"size={size}" + (",ro" if read_only else "")
-        done = subprocess.run(
-            ["mount", "-t", "tmpfs", "-o", options, "tmpfs", str(where)],
-            capture_output=True,
-            text=True,
-        )
-        if done.returncode != 0:
-            message = f"cannot mount a tmpfs (needs root): {done.stderr.strip()}"
-            if os.environ.get("CI") == "true":
-                pytest.fail(message, pytrace=False)
-            pytest.skip(message)
-        mounted.append(where)
-        return where
-
-    yield mount
-    for where in mounted:
-        subprocess.run(["umount", str(where)], capture_output=True)
+    assert epochs == list(range(SIGNAL_EPOCHS))
 
 
 def _one_error_line(result: subprocess.CompletedProcess) -> str:
@@ -183,12 +203,19 @@ def test_sigkill_mid_epoch_then_rerun_ends_with_the_metrics_of_an_uninterrupted_
     whole = run_cli([*args, f"hydra.run.dir={tmp_path / 'whole'}"], cwd=tmp_path)
     assert whole.returncode == 0, whole.stderr[-2000:]
     job = tmp_path / "killed"
+    metrics = job / "csv" / "metrics.csv"
     proc = start_cli([*args, f"hydra.run.dir={job}"], tmp_path)
-    _wait_for(job / "checkpoints" / "last.ckpt", proc)  # epoch 0 is done
-    time.sleep(0.2)  # into epoch 1
-    proc.kill()
-    proc.communicate()
+    try:
+        before = _wait_for_epoch(metrics, 1, proc)  # epoch 0 is done, epoch 1 under way
+    finally:
+        _end(proc)
     assert not (job / "summary.json").exists()  # it did not finish
+    # Killed mid-epoch: it had trained steps past its last checkpoint (an epoch's end).
+    per_epoch = sum(1 for _, epoch in before if epoch == 0)
+    trained = max(step for step, _ in _train_rows(metrics)) + 1
+    saved = torch.load(job / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=True)
+    assert saved["global_step"] % per_epoch == 0 and saved["global_step"] < trained
+    assert trained % per_epoch != 0, f"killed after step {trained}, an epoch's end"
     rerun = run_cli([*args, f"hydra.run.dir={job}"], cwd=tmp_path)
     assert rerun.returncode == 0, rerun.stderr[-2000:]
     assert "resuming from" in rerun.stdout + rerun.stderr

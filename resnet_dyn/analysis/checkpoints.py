@@ -202,4 +202,6 @@ def load_model(
         k.removeprefix("net."): v for k, v in ckpt["state_dict"].items() if k.startswith("net.")
     }
     _load_strict(net, state, path)
-    return net.eval(), {"format": fmt, **{k: v for k, v in arch.items() if k != "model"}}
+    epochs = ckpt.get("epoch")  # Lightning's count of the epochs this checkpoint finished
+    info = {k: v for k, v in arch.items() if k != "model"}
+    return net.eval(), {"format": fmt, **info, "epoch": epochs if isinstance(epochs, int) else None}

@@ -35,12 +35,14 @@ from resnet_dyn.models import ResidualNet
 from resnet_dyn.progress import unit_progress
 
 
-def load_network(cfg: DictConfig, input_shape: tuple, num_classes: int) -> ResidualNet:
-    """The network to analyse, in eval mode: from ``checkpoint.path``, or at initialisation."""
+def load_network(cfg: DictConfig, input_shape: tuple, num_classes: int) -> tuple[ResidualNet, int]:
+    """The network to analyse, in eval mode, and the epochs it was trained for (0 for a
+    network at initialisation or a checkpoint that does not say): from ``checkpoint.path``,
+    or at initialisation."""
     ck = cfg.checkpoint
     if ck.path is None:
         net = build(cfg.model, input_shape=input_shape, num_classes=num_classes)
-        return net.eval()
+        return net.eval(), 0
     depth = cfg.model.get("depth")
     net, info = load_model(ck.path, ck.format, depth=depth, num_classes=num_classes)
     if tuple(info["input_shape"]) != tuple(input_shape):
@@ -49,7 +51,7 @@ def load_network(cfg: DictConfig, input_shape: tuple, num_classes: int) -> Resid
             f"images of shape {tuple(info['input_shape'])} for this model",
             tuple(input_shape),
         )
-    return net
+    return net, info.get("epoch") or 0
 
 
 def analyze(cfg: DictConfig) -> dict[str, Any]:
@@ -68,7 +70,7 @@ def analyze(cfg: DictConfig) -> dict[str, Any]:
             raise ConfigError("device", "cpu, cuda or cuda:<index>", cfg.device) from None
         L.seed_everything(cfg.seed, verbose=False)
         datamodule = build(cfg.data)
-        net = load_network(cfg, datamodule.input_shape, datamodule.num_classes)
+        net, epoch = load_network(cfg, datamodule.input_shape, datamodule.num_classes)
         a = check_analysis(cfg.analysis, net)
         images, labels = probe(datamodule, a["images"], "analysis.images")
         net = net.to(device)
@@ -86,17 +88,19 @@ def analyze(cfg: DictConfig) -> dict[str, Any]:
             net, datamodule, settings, a["images"], job_dir / "analysis", "final"
         )
         ident = identity_run(net, datamodule, a["identity"]["images"])
-        if run is not None:
+        if run is not None:  # the same keys, tables and charts as the training callbacks
             run.log(
                 {
+                    "epoch": epoch,
                     **spectrum_scalars(result),
-                    **wandb_spectra(result),
+                    **wandb_spectra(result, epoch),
                     **perturbation_scalars(pert),
-                    **perturbation_charts(pert, "final"),
+                    **perturbation_charts(pert, "final", job_dir / "analysis"),
                     **(identity_scalars(ident) if ident else {}),
                 }
             )
         result.pop("_results")
+        result.pop("_dir")
         result["perturbation"] = pert
         if ident is not None:
             result["identity"] = ident
@@ -105,7 +109,8 @@ def analyze(cfg: DictConfig) -> dict[str, Any]:
         summary["error"] = f"{type(exc).__name__}: {exc}"
         raise
     finally:
-        finish_wandb()
         summary["wall_s"] = time.time() - start
+        fields = {k: summary.get(k) for k in ("status", "wall_s", "error")}
+        finish_wandb(0 if summary["status"] == "completed" else 1, fields)
         write_json_atomic(job_dir / "summary.json", summary)
     return summary

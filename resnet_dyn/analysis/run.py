@@ -95,10 +95,13 @@ def perturbation_scalars(pert: dict[str, Any]) -> dict[str, float]:
     }
 
 
-def perturbation_charts(pert: dict[str, Any], when: str) -> dict[str, Any]:
-    """W&B line plots of the relative and absolute perturbation sizes against the state index."""
+def perturbation_charts(pert: dict[str, Any], when: str, folder: Path) -> dict[str, Any]:
+    """W&B line plots of the relative and absolute perturbation sizes against the state
+    index, and the figure (in ``folder``) as ``figures/perturbation``."""
+    import wandb
+
     k = range(len(pert["adversarial_rel"]))
-    return {
+    charts = {
         f"perturbation/{scale}": wandb_curves(
             k,
             {kind: pert[f"{kind}_{scale}"] for kind in ("adversarial", "random")},
@@ -107,6 +110,7 @@ def perturbation_charts(pert: dict[str, Any], when: str) -> dict[str, Any]:
         )
         for scale in ("rel", "abs")
     }
+    return {**charts, "figures/perturbation": wandb.Image(str(folder / pert["figure"]))}
 
 
 def identity_run(net: ResidualNet, datamodule: Any, images: int) -> dict[str, Any] | None:
@@ -157,8 +161,8 @@ def spectrum_analysis(
 ) -> dict[str, Any]:
     """Analyse ``net`` (eval mode) at ``images`` as ``acfg`` says; npz and PNGs go to ``out_dir``.
 
-    Returns the JSON-ready ``analysis`` summary and, under ``"_results"``, the full
-    per-unit results (with raw spectra) for loggers.
+    Returns the JSON-ready ``analysis`` summary and, under ``"_results"`` and ``"_dir"``,
+    the full per-unit results (with raw spectra) and the figures' folder for loggers.
     """
     a = check_analysis(acfg, net)
     start = time.time()
@@ -202,6 +206,7 @@ def spectrum_analysis(
         "figures": [f.name for f in figures],
         "time_s": time.time() - start,
         "_results": results + stages,
+        "_dir": out_dir,
     }
 
 
@@ -223,18 +228,50 @@ def spectrum_scalars(analysis: dict[str, Any], prefix: str = "spectrum") -> dict
     return out
 
 
-def wandb_spectra(analysis: dict[str, Any], prefix: str = "spectrum") -> dict[str, Any]:
-    """W&B histograms of every computed spectrum and the figures, ready for ``run.log``."""
+TABLE_STATS = (*LOGGED_STATS, "frac_one_std", "frac_one_err", "fractions", "method")
+
+
+def spectrum_rows(analysis: dict[str, Any], epoch: int) -> tuple[list[str], list[list[Any]]]:
+    """One row per (epoch, unit or stage, map) of a spectrum analysis: its statistics."""
+    columns = ["epoch", "unit", "stage", "map", "dim", *TABLE_STATS]
+    rows = []
+    for r in analysis["units"] + analysis["stages"]:
+        unit = r["index"] if "units" not in r else -1  # a whole stage's map: unit -1
+        stage = r.get("stage", r["index"])
+        for kind in MAPS:
+            section = r.get(kind)
+            if isinstance(section, dict):
+                dim = min(r["dim_in"], r["dim_out"])
+                rows.append([epoch, unit, stage, kind, dim, *(section.get(k) for k in TABLE_STATS)])
+    return columns, rows
+
+
+def wandb_spectra(analysis: dict[str, Any], epoch: int) -> dict[str, Any]:
+    """What W&B shows of a spectrum analysis, ready for ``run.log``: the table of
+    :func:`spectrum_rows` (``spectrum/table``), ``frac_one`` against the unit index, one
+    line per map (``spectrum/frac_one_by_unit``), a histogram of every computed spectrum,
+    and the PNG figures (``figures/spectra_hist``, ...)."""
     import wandb
 
-    out: dict[str, Any] = {}
+    columns, rows = spectrum_rows(analysis, epoch)
+    table = wandb.Table(columns=columns, data=[r for r in rows if r[1] >= 0])
+    out: dict[str, Any] = {
+        "spectrum/table": table,
+        "spectrum/frac_one_by_unit": wandb.plot.line(
+            table, "unit", "frac_one", stroke="map", title=f"frac_one per unit (epoch {epoch})"
+        ),
+    }
     for r in analysis["_results"]:
         what = "stage" if "units" in r else "unit"
         for kind, raw in r["raw"].items():
             if "sigma" in raw:
-                out[f"{prefix}/{what}_{r['index']:02d}/{kind}/hist"] = wandb.Histogram(
+                out[f"spectrum/{what}_{r['index']:02d}/{kind}/hist"] = wandb.Histogram(
                     np.asarray(raw["sigma"]).ravel(), num_bins=128
                 )
+    for name in analysis["figures"]:
+        out[f"figures/{Path(name).stem.rsplit('_', 1)[0]}"] = wandb.Image(
+            str(analysis["_dir"] / name)
+        )
     return out
 
 

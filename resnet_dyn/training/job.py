@@ -145,7 +145,14 @@ def fit(
             analysis.update(callback.analysis_summary())
         if hasattr(callback, "summary_fields"):
             fields.update(callback.summary_fields())
-    return {"metrics": metrics, "epochs": trainer.current_epoch, "analysis": analysis, **fields}
+    params = sum(p.numel() for p in module.net.parameters())
+    return {
+        "metrics": metrics,
+        "epochs": trainer.current_epoch,
+        "params": params,
+        "analysis": analysis,
+        **fields,
+    }
 
 
 def _without_paths(config: dict[str, Any]) -> dict[str, Any]:
@@ -169,6 +176,18 @@ def previous_summary(job_dir: Path, config: dict[str, Any]) -> dict[str, Any] | 
             "use a new hydra.sweep.dir (or hydra.run.dir) or set resume=false"
         )
     return old
+
+
+# What the W&B run's summary holds beside the metrics: the job's outcome.
+RUN_FIELDS = ("status", "epochs", "wall_s", "params", "error", "diverged_epoch", "preempted_step")
+
+
+def _exit_code(summary: dict[str, Any], preempted: Preempted | None) -> int:
+    """The W&B run's exit code: 0 only for a completed job; a preempted one exits as its
+    process does (128 + the signal), a diverged one 2, a failed one 1."""
+    if preempted is not None:
+        return 128 + preempted.signum
+    return {"completed": 0, "diverged": 2}.get(summary["status"], 1)
 
 
 def run_job(cfg: DictConfig) -> dict[str, Any]:
@@ -209,8 +228,8 @@ def run_job(cfg: DictConfig) -> dict[str, Any]:
         error = exc
         summary["error"] = f"{type(exc).__name__}: {exc}"
     finally:
-        finish_wandb()
         summary["wall_s"] = time.time() - start
+        finish_wandb(_exit_code(summary, preempted), {k: summary.get(k) for k in RUN_FIELDS})
         try:
             write_json_atomic(job_dir / "summary.json", summary)
         except OSError as exc:

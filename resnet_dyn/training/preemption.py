@@ -94,6 +94,9 @@ class CheckpointOnSignal(L.Callback):
             # A checkpoint taken here resumes past this epoch's validation, which would then
             # never run: stop after it instead (on_validation_end or on_train_epoch_end).
             return
+        # Lightning logs this step's metrics (its CSV row) only after this hook; the resumed
+        # run starts at the next step, so log them now or that row is lost for good.
+        trainer._logger_connector.update_train_step_metrics()
         self._stop(trainer)
 
     def on_validation_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:

@@ -44,15 +44,21 @@ def log_results(
     trainer: L.Trainer,
     scalars: Mapping[str, float],
     wandb_extras: Callable[[], dict[str, Any]] | None = None,
+    epoch: int | None = None,
 ) -> None:
-    """Scalars to every logger at the current step; ``wandb_extras()`` (charts, images) to W&B.
+    """Scalars to every logger at the current step, with ``epoch`` (the epochs trained so
+    far; default: ``trainer.current_epoch``) as their W&B x-axis; ``wandb_extras()``
+    (tables, charts, images) to W&B.
 
     The extras are built lazily so that runs without W&B never import it.
     """
+    epoch = trainer.current_epoch if epoch is None else epoch
     for logger in trainer.loggers:
-        logger.log_metrics(dict(scalars), step=trainer.global_step)
+        logger.log_metrics({**scalars, "epoch": epoch}, step=trainer.global_step)
         if wandb_extras is not None and type(logger).__name__ == "WandbLogger":
-            logger.experiment.log({**wandb_extras(), "trainer/global_step": trainer.global_step})
+            logger.experiment.log(
+                {**wandb_extras(), "epoch": epoch, "trainer/global_step": trainer.global_step}
+            )
 
 
 def write_npz(path: Path, arrays: Mapping[str, np.ndarray]) -> Path:

@@ -91,7 +91,7 @@ class IdentityCallback(L.Callback):
             curves = {"abs": m["abs"], "scaled": m["scaled"]}
             return {"identity/blocks": wandb_curves(blocks, curves, f"epoch {epoch}", "block l")}
 
-        log_results(trainer, scalars, charts)
+        log_results(trainer, scalars, charts, epoch)
         self._measured_step = trainer.global_step
         means = {"abs_mean": m["abs_mean"], "scaled_mean": m["scaled_mean"]}
         self.history.append({"epoch": epoch, **means, "below_epsilon": below})

@@ -68,6 +68,9 @@ class PerturbationCallback(L.Callback):
                 f"epoch{epoch:03d}",
             )  # fmt: skip
         log_results(
-            trainer, perturbation_scalars(pert), lambda: perturbation_charts(pert, f"epoch {epoch}")
+            trainer,
+            perturbation_scalars(pert),
+            lambda: perturbation_charts(pert, f"epoch {epoch}", self.out_dir),
+            epoch,
         )
         self.summary = pert

@@ -74,6 +74,7 @@ class SpectrumCallback(L.Callback):
                     f"epoch{epoch:03d}",
                     advance,
                 )
-        log_results(trainer, spectrum_scalars(result), lambda: wandb_spectra(result))
+        log_results(trainer, spectrum_scalars(result), lambda: wandb_spectra(result, epoch), epoch)
         result.pop("_results")
+        result.pop("_dir")
         self.summary = {**result, "epoch": epoch}
