@@ -128,6 +128,7 @@ CASES: list[tuple[list[str], str]] = [
     (["analysis.perturbation.steps=0"], "analysis.perturbation.steps"),
     (["analysis.perturbation.step_size=0"], "analysis.perturbation.step_size"),
     (["analysis.perturbation.random_kind=uniform"], "analysis.perturbation.random_kind"),
+    (["analysis.perturbation.project=maybe"], "analysis.perturbation.project"),
     (["analysis.identity.images=0"], "analysis.identity.images"),
     (["analysis.identity.epsilon=-0.1"], "analysis.identity.epsilon"),
     (["analysis.noise.images=0"], "analysis.noise.images"),

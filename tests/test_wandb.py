@@ -14,6 +14,8 @@ import pytest
 from conftest import cli_env, run_cli
 from wandb_records import OfflineRun, read_records
 
+from resnet_dyn.dynamics.perturbation import SHARES
+
 TINY = ["debug=tiny", "trainer.enable_progress_bar=false"]
 SPECTRUM = ["callbacks=spectrum", "analysis.units=[0,1]", "analysis.images=1"]
 
@@ -172,17 +174,24 @@ def test_the_reader_follows_records_across_blocks_and_checks_them(tmp_path):
         read_records(path)
 
 
-def test_analyze_runs_carry_the_same_names_groups_tables_and_definitions(sweep, tmp_path):
+@pytest.fixture(scope="module")
+def analysed(sweep, tmp_path_factory) -> Path:
+    """resnet-dyn-analyze -m over two skip scales of a checkpoint of the sweep."""
+    root = tmp_path_factory.mktemp("analyse")
     ckpt = sweep / "0" / "checkpoints" / "last.ckpt"
     result = run_cli(
         ["-m", f"checkpoint.path={ckpt}", "analysis.intervention.skip_scale=0.5,1.0",
-         "model.depth=8", "analysis.units=[0,1]", "analysis.images=1",
-         f"hydra.sweep.dir={tmp_path / 'a'}"],
-        cwd=tmp_path, module="resnet_dyn.cli.analyze",
+         "model.depth=8", "analysis.units=[0,1]", "analysis.images=2",
+         "analysis.perturbation.project=true", f"hydra.sweep.dir={root / 'a'}"],
+        cwd=root, module="resnet_dyn.cli.analyze",
     )  # fmt: skip
     assert result.returncode == 0, result.stderr[-3000:]
+    return root / "a"
+
+
+def test_analyze_runs_carry_the_same_names_groups_tables_and_definitions(sweep, analysed):
     trained = only_run(sweep / "0")
-    runs = [only_run(tmp_path / "a" / str(i)) for i in (0, 1)]
+    runs = [only_run(analysed / str(i)) for i in (0, 1)]
     assert [r.name for r in runs] == [
         "analysis.intervention.skip_scale=0.5 #0",
         "analysis.intervention.skip_scale=1.0 #1",
@@ -199,7 +208,27 @@ def test_analyze_runs_carry_the_same_names_groups_tables_and_definitions(sweep, 
         }
     train_dir = next((sweep / "0" / "wandb").glob("offline-run-*"))
     (train_row,) = [r for r in trained.history if "spectrum/table" in r]
-    analyse_dir = next((tmp_path / "a" / "0" / "wandb").glob("offline-run-*"))
+    analyse_dir = next((analysed / "0" / "wandb").glob("offline-run-*"))
     (row,) = [r for r in runs[0].history if "spectrum/table" in r]
     columns = table_of(analyse_dir, row["spectrum/table"])["columns"]
     assert columns == table_of(train_dir, train_row["spectrum/table"])["columns"]
+
+
+def test_an_intervention_reaches_every_analysis_and_perturbations_are_projected(analysed):
+    jobs = [analysed / "0", analysed / "1"]
+    half, one = (json.loads((j / "summary.json").read_text())["analysis"] for j in jobs)
+    assert (half["intervention"]["skip_scale"], one["intervention"]["skip_scale"]) == (0.5, 1.0)
+    for a in (half, one):  # the perturbation attacks the same (intervened) network
+        assert a["perturbation"]["clean_accuracy"] == a["accuracy"]
+    assert half["perturbation"]["adversarial_rel"] != pytest.approx(
+        one["perturbation"]["adversarial_rel"], rel=1e-3
+    )
+    assert half["identity"]["scaled"] != pytest.approx(one["identity"]["scaled"], rel=1e-3)
+    assert half["units"][0]["sum"]["frac_one"] != one["units"][0]["sum"]["frac_one"]
+    proj = one["perturbation"]["projection"]
+    assert proj["units"] == [0, 1] and proj["skipped"] == []
+    for kind in ("adversarial", "random"):
+        for i in range(2):
+            total = sum(proj[kind][share][i] for share in SHARES)
+            assert total == pytest.approx(1.0, abs=1e-6)
+    assert (jobs[1] / "analysis" / "spectra_units_final.png").stat().st_size > 1000

@@ -202,6 +202,9 @@ def load_model(
         k.removeprefix("net."): v for k, v in ckpt["state_dict"].items() if k.startswith("net.")
     }
     _load_strict(net, state, path)
-    epochs = ckpt.get("epoch")  # Lightning's count of the epochs this checkpoint finished
+    # Lightning stores the 0-based epoch it saved in; counted from 1 it is the epochs trained
+    # (for the checkpoints saved at an epoch's end, as best-*.ckpt and last.ckpt are).
+    saved_in = ckpt.get("epoch")
     info = {k: v for k, v in arch.items() if k != "model"}
-    return net.eval(), {"format": fmt, **info, "epoch": epochs if isinstance(epochs, int) else None}
+    epoch = saved_in + 1 if isinstance(saved_in, int) else None
+    return net.eval(), {"format": fmt, **info, "epoch": epoch}

@@ -18,6 +18,7 @@ from resnet_dyn.analysis.run import (
     check_analysis,
     identity_run,
     identity_scalars,
+    intervened,
     perturbation_charts,
     perturbation_run,
     perturbation_scalars,
@@ -73,7 +74,8 @@ def analyze(cfg: DictConfig) -> dict[str, Any]:
         net, epoch = load_network(cfg, datamodule.input_shape, datamodule.num_classes)
         a = check_analysis(cfg.analysis, net)
         images, labels = probe(datamodule, a["images"], "analysis.images")
-        net = net.to(device)
+        # Every analysis below sees the intervened network (analysis.intervention).
+        net = intervened(net.to(device), a["intervention"])
         run = start_wandb(cfg, job_dir)
         total = (len(net.units) if a["units"] == "all" else len(a["units"])) * any(
             m != "stage" for m in a["maps"]
@@ -85,8 +87,9 @@ def analyze(cfg: DictConfig) -> dict[str, Any]:
             )  # fmt: skip
         settings = {**check_perturbation(cfg.analysis.perturbation), "seed": cfg.seed}
         pert = perturbation_run(
-            net, datamodule, settings, a["images"], job_dir / "analysis", "final"
-        )
+            net, datamodule, settings, a["images"], job_dir / "analysis", "final",
+            units=a["units"], tol=a["tol"],
+        )  # fmt: skip
         ident = identity_run(net, datamodule, a["identity"]["images"])
         if run is not None:  # the same keys, tables and charts as the training callbacks
             run.log(

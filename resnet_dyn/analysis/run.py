@@ -22,12 +22,13 @@ from omegaconf import DictConfig
 from resnet_dyn.config.checks import MAPS, check_analysis_config
 from resnet_dyn.dynamics import accuracy, analyze_stages, analyze_units, spectra_arrays
 from resnet_dyn.dynamics import with_intervention as intervene
+from resnet_dyn.dynamics.perturbation import SHARES
 from resnet_dyn.errors import ConfigError
 from resnet_dyn.files import write_bytes_atomic
 from resnet_dyn.logs.wandb_run import wandb_curves
 from resnet_dyn.models import ResidualNet
 from resnet_dyn.plots.dynamics import perturbation_growth
-from resnet_dyn.plots.spectra import sorted_spectra, spectrum_histograms
+from resnet_dyn.plots.spectra import sorted_spectra, spectrum_histograms, unit_statistics
 
 Advance = Callable[[str], None]
 
@@ -54,6 +55,8 @@ def perturbation_run(
     images: int,
     out_dir: Path,
     tag: str,
+    units: str | list[int] = "all",
+    tol: float = 1e-3,
 ) -> dict[str, Any]:
     """Adversarial vs random perturbations of ``net`` (eval mode) at the first ``images``
     test images, in pixel space: the one path of ``resnet-dyn-analyze`` and the perturbation
@@ -63,15 +66,30 @@ def perturbation_run(
     :func:`~resnet_dyn.dynamics.perturbation.perturbation_analysis` returns, plus
     ``final_ratio`` (adversarial over random relative size at the output; None when eps = 0
     moves nothing), ``images`` and ``figure`` (``perturbation_<tag>.png`` in ``out_dir``).
+    With ``settings["project"]``, ``projection`` holds the shares of both perturbations on
+    the expanding, neutral and contracting directions of each of ``units`` whose unit map
+    has at most ``PROJECT_MAX`` dimensions (a dense SVD each; larger ones are listed under
+    ``projection["skipped"]``), for singular values within ``tol`` of 1 counted as neutral.
     """
     from resnet_dyn.dynamics.perturbation import perturbation_analysis, to_pixels
 
     device = next(net.parameters()).device
     x, labels = probe(datamodule, images, "analysis.images")
     mean, std = datamodule.mean, datamodule.std
+    settings = dict(settings)
+    project, skipped = [], []
+    if settings.pop("project", False):
+        with torch.no_grad():
+            sizes = [s[0].numel() for s in net.unit_inputs(x[:1].to(device))]
+        chosen = range(len(net.units)) if units == "all" else units
+        for k in chosen:
+            (project if min(sizes[k], sizes[k + 1]) <= PROJECT_MAX else skipped).append(k)
     result = perturbation_analysis(
-        net, to_pixels(x, mean, std).to(device), labels.to(device), mean, std, **settings
-    )
+        net, to_pixels(x, mean, std).to(device), labels.to(device), mean, std, **settings,
+        project_units=project, tol=tol,
+    )  # fmt: skip
+    if "projection" in result:
+        result["projection"]["skipped"] = skipped
     adv, rnd = result["adversarial_rel"][-1], result["random_rel"][-1]
     title = f"{result['attack']}, eps {result['eps']:.4g}, {len(labels)} images, {tag}"
     figure = perturbation_growth(result, out_dir / f"perturbation_{tag}.png", title)
@@ -82,6 +100,8 @@ def perturbation_run(
         "figure": figure.name,
     }
 
+
+PROJECT_MAX = 4096  # dimensions of a unit map up to which perturbations are projected
 
 PERTURBATION_SCALARS = (
     "clean_accuracy", "attacked_accuracy", "random_accuracy", "perturbation_l2", "final_ratio",
@@ -110,7 +130,18 @@ def perturbation_charts(pert: dict[str, Any], when: str, folder: Path) -> dict[s
         )
         for scale in ("rel", "abs")
     }
-    return {**charts, "figures/perturbation": wandb.Image(str(folder / pert["figure"]))}
+    charts["figures/perturbation"] = wandb.Image(str(folder / pert["figure"]))
+    proj = pert.get("projection")
+    if proj:
+        rows = [
+            [unit, kind, *(proj[kind][share][i] for share in SHARES)]
+            for i, unit in enumerate(proj["units"])
+            for kind in ("adversarial", "random")
+        ]
+        charts["perturbation/projection"] = wandb.Table(
+            columns=["unit", "perturbation", *SHARES], data=rows
+        )
+    return charts
 
 
 def identity_run(net: ResidualNet, datamodule: Any, images: int) -> dict[str, Any] | None:
@@ -160,13 +191,14 @@ def spectrum_analysis(
     advance: Advance | None = None,
 ) -> dict[str, Any]:
     """Analyse ``net`` (eval mode) at ``images`` as ``acfg`` says; npz and PNGs go to ``out_dir``.
+    ``analysis.intervention`` is applied by the caller (:func:`intervened`), so that every
+    analysis sees the same network; it is recorded here.
 
     Returns the JSON-ready ``analysis`` summary and, under ``"_results"`` and ``"_dir"``,
     the full per-unit results (with raw spectra) and the figures' folder for loggers.
     """
     a = check_analysis(acfg, net)
     start = time.time()
-    net = intervened(net, a["intervention"])
     options = {"method": a["method"], "tol": a["tol"], "top_k": a["top_k"], "dtype": a["dtype"]}
     unit_maps = [m for m in a["maps"] if m != "stage"]
     progress = (lambda done, total: advance(f"{done}/{total}")) if advance else None
@@ -184,6 +216,10 @@ def spectrum_analysis(
     spectra_file = write_bytes_atomic(
         out_dir / f"spectra_{tag}.npz", _npz_bytes(spectra_arrays(results + stages))
     )
+
+    def strip(r: dict) -> dict:
+        return {k: v for k, v in r.items() if k != "raw"}
+
     figures = []
     panels, counted = _panels(results + stages, "sigma"), _panels(results, "hist_counts")
     title = f"singular values ({tag}, {len(images)} images)"
@@ -192,9 +228,13 @@ def spectrum_analysis(
         figures.append(spectrum_histograms(panels, hist, title, counted))
     if panels:
         figures.append(sorted_spectra(panels, out_dir / f"spectra_sorted_{tag}.png", title))
-
-    def strip(r: dict) -> dict:
-        return {k: v for k, v in r.items() if k != "raw"}
+    if results:
+        units_title = f"per-unit statistics ({tag}; band: +- std over {len(images)} images)"
+        figures.append(
+            unit_statistics(
+                [strip(r) for r in results], out_dir / f"spectra_units_{tag}.png", units_title
+            )
+        )
 
     return {
         "accuracy": accuracy(net, images, labels),

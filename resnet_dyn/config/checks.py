@@ -38,13 +38,13 @@ def check_units(key: str, units: Any, n: int, *, allow_all: bool = True) -> None
             raise ConfigError(key, f"unit indices in [0, {n - 1}]", k)
 
 
-PERTURBATION_KEYS = ("attack", "eps", "steps", "step_size", "random_kind", "seed")
+PERTURBATION_KEYS = ("attack", "eps", "steps", "step_size", "random_kind", "seed", "project")
 
 
 def check_perturbation(node: DictConfig | dict) -> dict[str, Any]:
-    """The ``analysis.perturbation`` keys, checked, as keyword arguments of
+    """The ``analysis.perturbation`` keys, checked: keyword arguments of
     :func:`~resnet_dyn.dynamics.perturbation.perturbation_analysis` (keys left out take its
-    defaults)."""
+    defaults) and ``project`` (:func:`resnet_dyn.analysis.run.perturbation_run`)."""
     key = "analysis.perturbation"
     p = OmegaConf.to_container(node, resolve=True) if isinstance(node, DictConfig) else dict(node)
     unknown = sorted(set(p) - set(PERTURBATION_KEYS))
@@ -57,6 +57,7 @@ def check_perturbation(node: DictConfig | dict) -> dict[str, Any]:
     check_positive(f"{key}.step_size", p.get("step_size"), optional=True)
     check_choice(f"{key}.random_kind", p.get("random_kind", "gaussian"), RANDOM_KINDS)
     check_int(f"{key}.seed", p.get("seed", 0), 0)
+    check_bool(f"{key}.project", p.get("project", False))
     return p
 
 

@@ -308,6 +308,44 @@ def project_perturbation(
     return out
 
 
+SHARES = ("expanding", "neutral", "contracting", "outside")
+
+
+def projection_shares(
+    net: ResidualNet,
+    x: torch.Tensor,
+    d: torch.Tensor,
+    units: Sequence[int],
+    tol: float = 1e-3,
+    kind: str = "unit",
+) -> dict[str, list[float]]:
+    """Where a perturbation sits at each unit's input, in that unit's own terms: per unit of
+    ``units``, the mean over images of :func:`project_perturbation` of ``x_k(x + d) - x_k(x)``
+    on the singular vectors of the linearization of its ``kind`` map at the clean state x_k.
+
+    ``x``, ``d``: (B, ...) inputs and perturbations in the net's input space. Returns the
+    shares ``{"expanding": [...], "neutral": [...], "contracting": [...], "outside": [...]}``,
+    one number per unit (``outside``: the null space of a unit that maps to fewer dimensions,
+    i.e. sigma = 0). Each image costs one dense Jacobian and SVD per unit (float64).
+    """
+    from resnet_dyn.dynamics.jacobian import jacobian
+    from resnet_dyn.dynamics.maps import unit_map
+
+    clean, diffs = _state_pair(net, x, d)
+    out: dict[str, list[float]] = {key: [] for key in SHARES}
+    for k in units:
+        per_image = []
+        for i in range(x.shape[0]):
+            J = jacobian(unit_map(net, k, clean[k][i], kind)).matrix.double()
+            # LAPACK's SVD, not the Gram route: directions with sigma ~ 0 must stay exact.
+            _, s, vh = torch.linalg.svd(J, full_matrices=False)
+            per_image.append(project_perturbation(diffs[k][i].double(), vh.T, s, tol))
+        for key in SHARES:
+            values = torch.tensor([p[key] for p in per_image], dtype=torch.float64)
+            out[key].append(float(values.nanmean()))
+    return out
+
+
 def _accuracy(logits: torch.Tensor, labels: torch.Tensor) -> float:
     return int((logits.argmax(dim=1) == labels).sum()) / len(labels)
 
@@ -324,6 +362,8 @@ def perturbation_analysis(
     step_size: float | None = None,
     random_kind: str = "gaussian",
     seed: int = 0,
+    project_units: Sequence[int] = (),
+    tol: float = 1e-3,
 ) -> dict:
     """Adversarial vs random perturbations of the same per-image L2 norm, propagated unit by unit.
 
@@ -333,7 +373,9 @@ def perturbation_analysis(
     ``attacked_accuracy``, ``random_accuracy``, ``perturbation_l2`` (mean per-image norm in
     pixels), ``unit_stage`` (stage of each state), and K+1 means over images of the relative
     and absolute state differences: ``adversarial_rel``, ``random_rel``, ``adversarial_abs``,
-    ``random_abs``.
+    ``random_abs``. With ``project_units``, also ``projection``: the shares of both
+    perturbations on each of those units' expanding (sigma > 1 + ``tol``), neutral and
+    contracting directions (:func:`projection_shares`, unit maps).
     """
     if attack not in ATTACKS:
         raise ConfigError(f"{KEY}.attack", f"one of {list(ATTACKS)}", attack)
@@ -366,7 +408,7 @@ def perturbation_analysis(
     def means(t: torch.Tensor) -> list[float]:
         return [float(v) for v in t.mean(dim=0)]
 
-    return {
+    result = {
         "attack": attack,
         "eps": float(eps),
         "steps": steps,
@@ -383,3 +425,13 @@ def perturbation_analysis(
         "perturbation_l2": float(_norms(delta).mean()),
         "unit_stage": [u.stage for u in net.units] + [net.units[-1].stage],
     }
+    if project_units:
+        units = list(project_units)
+        result["projection"] = {
+            "map": "unit",
+            "tol": tol,
+            "units": units,
+            "adversarial": projection_shares(net, x, delta / std_view, units, tol),
+            "random": projection_shares(net, x, rand / std_view, units, tol),
+        }
+    return result

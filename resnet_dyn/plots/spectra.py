@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import io
 import math
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 
 import matplotlib
@@ -115,4 +115,34 @@ def unit_curves(
     ax.legend(fontsize=8)
     if title:
         ax.set_title(title, fontsize=10)
+    return _save(fig, path)
+
+
+UNIT_STATS = ("frac_one", "frac_gt_one", "sigma_max")
+
+
+def unit_statistics(units: Sequence[Mapping], path: str | Path, title: str = "") -> Path:
+    """``frac_one``, ``frac_gt_one`` and ``sigma_max`` against the unit index, one line per
+    map, with a band of +- one std over the probe images (``<stat>_std``): how much the
+    spectra differ between images, and how they change with depth.
+
+    ``units``: the ``analysis.units`` entries of a summary (``index`` and, per map, the
+    statistics and their ``_std``)."""
+    fig, axes = plt.subplots(1, len(UNIT_STATS), figsize=(4.2 * len(UNIT_STATS), 3.4))
+    index = np.array([u["index"] for u in units])
+    for ax, stat in zip(axes, UNIT_STATS, strict=True):
+        for kind in ("sum", "unit"):
+            rows = [u.get(kind) or {} for u in units]
+            mean = np.array([r.get(stat, np.nan) for r in rows], dtype=float)
+            if np.all(np.isnan(mean)):
+                continue
+            std = np.array([r.get(f"{stat}_std", 0.0) for r in rows], dtype=float)
+            ax.plot(index, mean, marker="o", ms=3, lw=1.2, label=f"{kind} map")
+            ax.fill_between(index, mean - std, mean + std, alpha=0.25)
+        ax.set_xlabel("unit k")
+        ax.set_title(stat, fontsize=9)
+        ax.grid(alpha=0.3)
+    axes[0].legend(fontsize=8)
+    if title:
+        fig.suptitle(title, fontsize=10, y=1.02)
     return _save(fig, path)

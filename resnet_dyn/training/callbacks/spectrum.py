@@ -18,6 +18,7 @@ from omegaconf import DictConfig
 
 from resnet_dyn.analysis.run import (
     check_analysis,
+    intervened,
     spectrum_analysis,
     spectrum_scalars,
     wandb_spectra,
@@ -61,7 +62,9 @@ class SpectrumCallback(L.Callback):
 
     def _run(self, trainer: L.Trainer, pl_module: L.LightningModule, epoch: int) -> None:
         images, labels = trainer.datamodule.probe_batch(self.analysis.images)
-        with evaluating(pl_module.net) as net:
+        with evaluating(pl_module.net) as trained:
+            # A copy with analysis.intervention applied, if one is set; else the model itself.
+            net = intervened(trained, check_analysis(self.analysis, trained)["intervention"])
             n = len(net.units) if self.analysis.units == "all" else len(self.analysis.units)
             n += net.num_stages if "stage" in self.analysis.maps else 0
             with unit_progress(n, "spectra", trainer) as advance:
