@@ -492,3 +492,20 @@ def test_slq_path_takes_sigma_min_of_a_conv_map_by_shift_invert(monkeypatch) -> 
     # A map whose input and output differ in shape (a stage's first unit) has no such LU.
     wide = unit_map(net, 1, unit_states(net, image)[1][0], "sum")
     assert not spectrum.shift_invert_applies(wide)
+
+
+def test_right_singular_vectors_of_a_rank_deficient_wide_map_are_exact_or_zero():
+    """The Gram route's v_i = J^T u_i / sigma_i: a sigma at rounding level gives a zero row,
+    not noise blown up by 1e16 (a unit map's off ReLUs make such J)."""
+    gen = torch.Generator().manual_seed(0)
+    J = torch.randn(300, 240, generator=gen, dtype=torch.float64) @ torch.randn(
+        240, 1000, generator=gen, dtype=torch.float64
+    )  # rank 240: 60 singular values at rounding level, some of them not exactly 0
+    sigma, vh = dense_singular_values(J, vectors=True)
+    rank = int((sigma > 1e-6 * sigma[0]).sum())
+    assert rank == 240
+    kept = vh[:rank]
+    assert torch.allclose(kept @ kept.T, torch.eye(rank, dtype=torch.float64), atol=1e-8)
+    assert vh[rank:].abs().max() == 0
+    exact = torch.linalg.svdvals(J)
+    assert torch.allclose(sigma[:rank], exact[:rank], rtol=1e-10)

@@ -97,8 +97,9 @@ def dense_singular_values(
 
 def _right_vectors(jt_u: torch.Tensor, sigma: torch.Tensor) -> torch.Tensor:
     """Rows v_i = J^T u_i / sigma_i from the columns of ``J^T U``; zero where sigma is 0 to
-    rounding (at most sigma_max * n * eps: dividing by it would give noise, not a vector)."""
-    tiny = sigma.max().clamp_min(0) * max(jt_u.shape) * torch.finfo(jt_u.dtype).eps
+    the Gram route's rounding (sigma_i^2 <= sigma_max^2 * n * eps: dividing by it would give
+    noise, not a vector)."""
+    tiny = sigma.max().clamp_min(0) * (max(jt_u.shape) * torch.finfo(jt_u.dtype).eps) ** 0.5
     inv = torch.where(sigma > tiny, 1 / sigma.clamp_min(1e-300), 0.0)
     return (jt_u * inv).T
 
