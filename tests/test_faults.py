@@ -13,6 +13,7 @@ import lightning as L
 import pytest
 import torch
 from conftest import run_cli, start_cli
+from wandb_records import OfflineRun
 
 from resnet_dyn.training.preemption import CheckpointOnSignal, Preempted
 
@@ -66,7 +67,9 @@ SIGNAL_BATCH, SIGNAL_EPOCHS = 16, 3
 @pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGUSR1])
 def test_a_signal_saves_a_checkpoint_mid_epoch_and_the_rerun_finishes(signum, tmp_path):
     job = tmp_path / "job"
-    args = [*TRAIN, f"data.batch_size={SIGNAL_BATCH}", f"trainer.max_epochs={SIGNAL_EPOCHS}",
+    # SIGTERM's job logs to W&B (offline): a resumed job must stay one W&B run.
+    train = [a for a in TRAIN if a != "logger=none"] if signum == signal.SIGTERM else TRAIN
+    args = [*train, f"data.batch_size={SIGNAL_BATCH}", f"trainer.max_epochs={SIGNAL_EPOCHS}",
             f"hydra.run.dir={job}"]  # fmt: skip
     metrics = job / "csv" / "metrics.csv"
     proc = start_cli(args, tmp_path)
@@ -103,6 +106,15 @@ def test_a_signal_saves_a_checkpoint_mid_epoch_and_the_rerun_finishes(signum, tm
     with open(metrics, newline="") as f:
         epochs = [float(r["epoch"]) for r in csv.DictReader(f) if r.get("val/acc")]
     assert epochs == list(range(SIGNAL_EPOCHS))
+    if signum == signal.SIGTERM:
+        # One run id in the job folder and in both pieces of the offline run (a folder per
+        # process; `wandb sync` uploads them in order into the same run, resuming it).
+        first, last = (OfflineRun.read(d) for d in sorted((job / "wandb").glob("offline-run-*")))
+        assert (job / "wandb" / "run_id").read_text().strip() == first.run_id == last.run_id
+        assert first.exit_code == 128 + signum and first.summary["status"] == "preempted"
+        assert first.summary["preempted_step"] == step
+        assert last.exit_code == 0 and last.summary["status"] == "completed"
+        assert (last.name, last.group) == (first.name, first.group)
 
 
 def _one_error_line(result: subprocess.CompletedProcess) -> str:

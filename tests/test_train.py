@@ -15,6 +15,7 @@ import pytest
 import torch
 from conftest import CONF, compose_config, make_image_folder, run_cli
 from lightning.pytorch.strategies import DDPStrategy
+from wandb_records import OfflineRun
 
 from resnet_dyn.config.build import build
 from resnet_dyn.training.job import run_job
@@ -270,8 +271,13 @@ def test_divergence_ends_the_job_as_diverged_and_the_sweep_goes_on(tmp_path):
     assert diverged["status"] == "diverged" and diverged["diverged_epoch"] in (0, 1)
     assert "NaN or inf" in diverged["error"]
     assert fine["status"] == "completed"
-    # Its W&B run was finished: the offline run holds its exit record.
-    assert list((sweep / "0" / "wandb").glob("offline-run-*/*.wandb"))
+    # W&B shows the truth: the diverged job's run ends with a non-zero exit code and its
+    # outcome in the summary; the completed one with 0.
+    runs = [OfflineRun.read(next((j / "wandb").glob("offline-run-*"))) for j in _job_dirs(sweep)]
+    assert runs[0].exit_code == 2 and runs[0].summary["status"] == "diverged"
+    assert runs[0].summary["diverged_epoch"] == diverged["diverged_epoch"]
+    assert "NaN" in runs[0].summary["error"]
+    assert runs[1].exit_code == 0 and runs[1].summary["status"] == "completed"
 
 
 def test_wandb_failure_warns_and_training_goes_on(tmp_path):
