@@ -19,10 +19,23 @@ from conftest import run_cli
 from PIL import Image
 
 from resnet_dyn.cli.report import main
-from resnet_dyn.report.batch import batch_results, batch_scaling, iterations_to_loss
+from resnet_dyn.report.batch import (
+    batch_replicates,
+    batch_results,
+    batch_scaling,
+    iterations_to_loss,
+)
 from resnet_dyn.report.build import build_report
-from resnet_dyn.report.figures import identity_scaling
-from resnet_dyn.report.sweep import load_sweep
+from resnet_dyn.report.figures import UNTRAINED_ACC, axes_data, identity_scaling, noise_data
+from resnet_dyn.report.sweep import load_sweep, table
+from resnet_dyn.report.units import (
+    alpha_beta_figures,
+    alpha_beta_grid,
+    projection_figures,
+    projection_stats,
+    unit_figures,
+    unit_statistics,
+)
 
 NASTY_TAG = "<script>alert(1)</script>"
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
@@ -126,6 +139,7 @@ def test_real_sweep_figures_and_page(sweep):
     root, _ = sweep
     expected = {
         "report_axis1.png",
+        "report_units0.png",  # analysis.units=[0]: one point per batch size
         "report_spectra0.png",
         "report_spectra1.png",
         "report_perturbation.png",
@@ -394,8 +408,273 @@ def test_page_renders_in_headless_chromium(chromium, sweep, tmp_path):
     dom = subprocess.run([*base, "--dump-dom", url], **run)
     subprocess.run([*base, f"--screenshot={shot}", url], **run)
     n = len(image_sources((root / "report.html").read_text()))
-    assert n == 6 and f'data-images-loaded="{n}/{n}"' in dom.stdout, dom.stderr[-2000:]
+    assert n == 7 and f'data-images-loaded="{n}/{n}"' in dom.stdout, dom.stderr[-2000:]
     with Image.open(shot) as image:
         grey = np.asarray(image.convert("L"), dtype=float)
     assert grey.shape == (2000, 1200)
     assert (grey < 200).mean() > 0.02 and grey.std() > 10  # text, table and figures, not blank
+
+
+def seeded_sweep(root: Path) -> dict[str, dict[int, np.ndarray]]:
+    """model.depth=8,14 x seed=0,1,2, completed, plus a failed and an unfinished depth-14 job;
+    returns each column's values per depth, in seed order."""
+    rng = np.random.default_rng(7)
+    values = {
+        c: {d: rng.uniform(0.5, 1.0, 3) for d in (8, 14)}
+        for c in ("test/acc", "wall_s", "perturbation/final_ratio")
+    }
+    for i, (depth, seed) in enumerate((d, s) for d in (8, 14) for s in range(3)):
+        summary = {
+            "metrics": {"test/acc": values["test/acc"][depth][seed]},
+            "wall_s": values["wall_s"][depth][seed],
+            "analysis": {
+                "perturbation": {"final_ratio": values["perturbation/final_ratio"][depth][seed]}
+            },
+        }
+        make_job(root, str(i), [f"model.depth={depth}", f"seed={seed}"], summary)
+    failed = {"status": "failed", "error": "boom", "metrics": {"test/acc": 0.01}}
+    make_job(root, "6", ["model.depth=14", "seed=3"], failed)  # counted, in no statistic
+    make_job(root, "7", ["model.depth=14", "seed=4"])  # still running
+    return values
+
+
+def test_summary_by_config_has_one_row_per_configuration(tmp_path):
+    values = seeded_sweep(tmp_path)
+    build_report(tmp_path)
+    assert len(read_csv(tmp_path / "summary.csv")) == 8  # still one row per job
+    rows = read_csv(tmp_path / "summary_by_config.csv")
+    assert [r["model.depth"] for r in rows] == ["8", "14"] and "seed" not in rows[0]
+    assert [(r["n_seeds"], r["n_failed"], r["n_missing"]) for r in rows] == [
+        ("3", "0", "0"),
+        ("3", "1", "1"),
+    ]
+    assert [r["seeds"] for r in rows] == ["0 1 2", "0 1 2"]
+    for row, depth in zip(rows, (8, 14), strict=True):
+        for column, per_depth in values.items():
+            assert float(row[f"{column}_mean"]) == pytest.approx(np.mean(per_depth[depth]))
+            assert float(row[f"{column}_std"]) == pytest.approx(np.std(per_depth[depth], ddof=1))
+        assert row["batch/k_mean"] == "" and row["incomplete"] == ""
+    page = (tmp_path / "report.html").read_text()
+    acc = values["test/acc"][8]
+    assert 'href="summary_by_config.csv"' in page
+    assert f"{np.mean(acc):.4g} ± {np.std(acc, ddof=1):.4g}" in page
+
+
+def test_axis_figure_draws_the_mean_and_std_over_seeds(tmp_path):
+    values = seeded_sweep(tmp_path)
+    data = axes_data(load_sweep(tmp_path))
+    assert list(data) == ["model.depth"]  # the seed is no axis of its own
+    for column in ("test/acc", "perturbation/final_ratio"):  # wall_s is not plotted
+        lines = data["model.depth"]["columns"][column]
+        assert list(lines) == ["all jobs"]  # one line: the seeds are not lines
+        line = lines["all jobs"]
+        assert line["x"] == ["8", "14"] and line["n"] == [3, 3]
+        assert line["mean"] == pytest.approx([np.mean(values[column][d]) for d in (8, 14)])
+        assert line["std"] == pytest.approx([np.std(values[column][d], ddof=1) for d in (8, 14)])
+
+
+def test_identity_slope_spread_from_per_seed_fits(tmp_path):
+    powers = {"0": 0.8, "1": 1.0, "2": 1.3}  # each seed's magnitude falls as 1 / L^p
+    for i, (seed, blocks) in enumerate((s, b) for s in powers for b in (4, 8, 16, 32)):
+        scaled = 2 / blocks ** powers[seed]
+        ident = {"scaled": [scaled] * blocks, "abs": [1.0] * blocks, "scaled_mean": scaled}
+        ident.update(abs_mean=1.0, epsilon=0.1)
+        make_job(
+            tmp_path,
+            str(i),
+            [f"model.depth={blocks}", f"seed={seed}"],
+            {"analysis": {"identity": ident}},
+        )
+    (g,) = identity_scaling(load_sweep(tmp_path))
+    slopes = [-p for p in powers.values()]
+    assert g["label"] == "all jobs" and g["blocks"] == [4, 8, 16, 32] and g["n"] == [3] * 4
+    assert g["seed_slopes"] == pytest.approx(dict(zip(powers, slopes, strict=True)))
+    assert g["seed_slope_mean"] == pytest.approx(np.mean(slopes))
+    assert g["seed_slope_std"] == pytest.approx(np.std(slopes, ddof=1))
+    assert g["scaled_std"][0] == pytest.approx(np.std([2 / 4**p for p in powers.values()], ddof=1))
+    build_report(tmp_path)
+    page = (tmp_path / "report.html").read_text()
+    assert f"(per-seed fits {np.mean(slopes):.2f} +- {np.std(slopes, ddof=1):.2f}, 3 seeds)" in page
+
+
+def test_batch_regimes_per_seed_and_their_agreement(tmp_path):
+    k = {
+        "0": {16: 40, 32: 20, 64: 10},
+        "1": {16: 40, 32: 20, 64: 10},
+        "2": {16: 40, 32: 20, 64: 18},
+    }
+    for i, (seed, m) in enumerate((s, m) for s in k for m in k[s]):
+        losses = step_curve(k[seed][m], 60)[1].tolist()
+        make_job(tmp_path, str(i), [f"data.batch_size={m}", f"seed={seed}"], {}, losses)
+    results = batch_results(load_sweep(tmp_path))
+    assert [(r["label"], r["seed"], r["k"]) for r in results] == [
+        ("all jobs", seed, list(k[seed].values())) for seed in k
+    ]
+    (s,) = batch_replicates(results)
+    assert s["m"] == [16, 32, 64] and s["seeds"] == ["0", "1", "2"]
+    assert s["k_mean"] == pytest.approx([40, 20, np.mean([10, 10, 18])])
+    assert s["k_std"][2] == pytest.approx(np.std([10, 10, 18], ddof=1)) and s["k_std"][0] == 0
+    # seed 2: s(64) = 40/18 is only 11% above s(32) = 2, a local slope of 0.15
+    assert s["regimes"][2] == ["linear", "linear", "diminishing returns"]
+    assert s["regime"] == ["linear"] * 3 and s["agreement"] == pytest.approx([1, 1, 2 / 3])
+    build_report(tmp_path)
+    page = (tmp_path / "report.html").read_text()
+    assert "m=16 linear (3 seeds)" in page and "m=64 linear 2/3, diminishing returns 1/3" in page
+    by_m = read_csv(tmp_path / "summary_by_config.csv")  # one row per batch size
+    assert [float(r["batch/k_mean"]) for r in by_m] == pytest.approx(s["k_mean"])
+
+
+def unit_entries(shift: float) -> list[dict]:
+    """analysis.units of four units in two stages; every statistic moves with ``shift``."""
+
+    def stats(base: float) -> dict:
+        return {
+            "frac_one": base,
+            "frac_one_std": 0.01,
+            "frac_gt_one": base / 2,
+            "frac_gt_one_std": 0.02,
+            "sigma_max": 1 + base,
+            "sigma_max_std": 0.03,
+        }
+
+    return [
+        {"index": k, "stage": k // 2, "sum": stats(0.5 + shift + 0.1 * k), "unit": stats(shift)}
+        for k in range(4)
+    ]
+
+
+def projection_entry(shift: float) -> dict:
+    return {
+        "map": "unit",
+        "units": [1, 3],
+        "adversarial": {
+            "expanding": [0.3 + shift, 0.6 + shift],
+            "neutral": [0.5, 0.3],
+            "contracting": [0.2 - shift, 0.1 - shift],
+            "outside": [0.0, 0.0],
+        },
+        "random": {
+            "expanding": [0.1, 0.1],
+            "neutral": [0.8, 0.8],
+            "contracting": [0.1, 0.1],
+            "outside": [0.0, 0.0],
+        },
+        "skipped": [],
+    }
+
+
+def test_unit_grid_and_projection_figures_drawn_with_their_data(tmp_path):
+    """A resnet-dyn-analyze sweep over intervention alpha x beta x seed."""
+    grid = [(a, b, s) for a in (0.5, 1.0) for b in (0.5, 1.0) for s in (0, 1)]
+    shift = {(a, b, s): 0.1 * a * b + 0.05 * s for a, b, s in grid}
+    for i, (a, b, s) in enumerate(grid):
+        overrides = [
+            f"analysis.intervention.skip_scale={a}",
+            f"analysis.intervention.weight_scale={b}",
+            f"seed={s}",
+        ]
+        analysis = {
+            "intervention": {"skip_scale": a, "weight_scale": b, "units": None},
+            "units": unit_entries(shift[a, b, s]),
+            "perturbation": {"final_ratio": 1 + a + s, "projection": projection_entry(s / 10)},
+            "identity": {"scaled_mean": a * b, "abs_mean": 1.0},
+        }
+        make_job(tmp_path, str(i), overrides, {"analysis": analysis})
+    sweep = load_sweep(tmp_path)
+    label = "analysis.intervention.skip_scale=1.0, analysis.intervention.weight_scale=0.5"
+    # per unit: mean and std over the two seeds
+    d = unit_statistics(sweep)[label][("sum", "frac_one")]
+    seeds = [0.5 + shift[1.0, 0.5, s] + 0.1 * np.arange(4) for s in (0, 1)]
+    assert d["index"] == [0, 1, 2, 3] and d["stage"] == [0, 0, 1, 1] and d["over"] == "seeds"
+    assert d["mean"] == pytest.approx(np.mean(seeds, axis=0))
+    assert d["spread"] == pytest.approx(np.std(seeds, axis=0, ddof=1))
+    # the grid: against alpha, one line per beta
+    (g,) = alpha_beta_grid(sweep)
+    assert g["x"] == "alpha" and set(g["lines"]) == {
+        *(
+            f"spectrum/{m}/{s}"
+            for m in ("sum", "unit")
+            for s in ("frac_one", "frac_gt_one", "sigma_max")
+        ),
+        "perturbation/final_ratio",
+        "identity/scaled_mean",
+    }
+    ratio = g["lines"]["perturbation/final_ratio"]
+    assert list(ratio) == [0.5, 1.0] and ratio[0.5]["x"] == [0.5, 1.0]
+    assert ratio[0.5]["mean"] == pytest.approx([1.5 + a for a in (0.5, 1.0)])
+    assert ratio[0.5]["std"] == pytest.approx([np.std([0, 1], ddof=1)] * 2)
+    frac = g["lines"]["spectrum/unit/frac_one"][1.0]
+    assert frac["mean"] == pytest.approx(
+        [np.mean([shift[a, 1.0, s] for s in (0, 1)]) for a in (0.5, 1.0)]
+    )
+    # the projection: shares per unit, mean and std over the seeds
+    p = projection_stats(sweep)[label]
+    assert p["units"] == [1, 3] and p["n"] == 2 and p["map"] == "unit"
+    mean, std = p["adversarial"]["expanding"]
+    assert mean == pytest.approx([0.35, 0.65]) and std == pytest.approx(
+        [np.std([0, 0.1], ddof=1)] * 2
+    )
+    assert p["random"]["neutral"][0] == pytest.approx([0.8, 0.8])
+    figures = [*unit_figures(sweep), *alpha_beta_figures(sweep), *projection_figures(sweep)]
+    files = ["report_units0.png", "report_alphabeta0.png", "report_projection0.png"]
+    assert [f.file for f in figures] == files
+    for name in files:
+        assert (tmp_path / name).read_bytes().startswith(PNG_MAGIC)
+    assert "mean over its seeds; band: the sample std over its seeds" in figures[0].caption
+    assert "against alpha, one line per beta" in figures[1].caption
+    assert "adversarial (left) vs random (right)" in figures[2].caption
+    columns, rows = table(sweep, {})
+    assert rows[0]["projection/adversarial_expanding"] == pytest.approx(0.45)
+    assert rows[0]["projection/random_expanding"] == pytest.approx(0.1)
+
+
+def test_unit_grid_and_projection_figures_absent_without_their_data(tmp_path):
+    bare, units = tmp_path / "bare", tmp_path / "units"
+    bare.mkdir()
+    units.mkdir()
+    (bare / "summary_by_config.csv").write_text("stale\n")  # from a sweep with seeds
+    for i, depth in enumerate((8, 14)):
+        make_job(bare, str(i), [f"model.depth={depth}"], {"metrics": {"test/acc": 0.9}})
+        # one seed, one alpha (and beta) for all, no projection: only the per-unit figure
+        overrides = [f"model.depth={depth}", "model.skip_scale=1.0"]
+        make_job(units, str(i), overrides, {"analysis": {"units": unit_entries(0.1 * i)}})
+    build_report(bare)
+    assert not list(bare.glob("report_units*.png")) and not list(bare.glob("report_alphabeta*"))
+    assert not list(bare.glob("report_projection*.png"))
+    assert not (bare / "summary_by_config.csv").exists()  # no seeds, no stale table
+    assert "summary_by_config" not in (bare / "report.html").read_text()
+    sweep = load_sweep(units)
+    assert alpha_beta_grid(sweep) == [] and projection_stats(sweep) == {}
+    d = unit_statistics(sweep)["model.depth=14"][("unit", "sigma_max")]
+    assert d["over"] == "images" and d["spread"] == [0.03] * 4  # one seed: std over images
+    build_report(units)
+    assert {p.name for p in units.glob("report_*.png")} == {"report_axis0.png", "report_units0.png"}
+    assert "the std over the probe images (one seed)" in (units / "report.html").read_text()
+
+
+def test_noise_figure_leaves_out_an_untrained_model(tmp_path):
+    noise = {
+        "sigmas": [0.0, 0.5],
+        "relative": [[0.0] * 5, [0.1] * 5],
+        "distance": [[0.0] * 5, [0.2] * 5],
+        "accuracy": [1.0, 0.8],
+    }
+    models = (("DenseResNet", 0.93), ("MLP", 0.12), ("DenseResNet", UNTRAINED_ACC))
+    for i, (model, acc) in enumerate(models):
+        overrides = [f"model._target_=resnet_dyn.models.{model}", f"model.depth={5 + i}"]
+        make_job(
+            tmp_path,
+            str(i),
+            overrides,
+            {"metrics": {"test/acc": acc}, "analysis": {"noise": noise}},
+        )
+    lines, dropped = noise_data(load_sweep(tmp_path))
+    assert [j.name for j in dropped] == ["1"]
+    assert len(lines) == 2 and not any("MLP" in name for name in lines)  # 0.5 itself is kept
+    build_report(tmp_path)
+    assert (tmp_path / "report_noise.png").read_bytes().startswith(PNG_MAGIC)
+    page = (tmp_path / "report.html").read_text()
+    assert (
+        "Not drawn: models that did not train (test/acc below 0.5): MLP "
+        "#1 model._target_=resnet_dyn.models.MLP, model.depth=6 (test/acc 0.120)."
+    ) in page

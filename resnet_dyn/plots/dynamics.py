@@ -3,6 +3,7 @@
 perturbation_growth(perturbation_analysis(...), "perturbation.png")
 class_trajectories(mean, std, classes=[0, 1], path="trajectories.png")   # (C, T, N) arrays
 depth_per_epoch([15, 14, 14], [0.002, 0.03, 0.02], threshold=0.01, path="depth.png")
+band_line(ax, x, mean, std, label="3 seeds")     # a mean with a band (or bars) of +- std
 """
 
 from __future__ import annotations
@@ -38,6 +39,63 @@ def perturbation_axes(ax: Any, result: Mapping[str, Any], scale: str = "rel") ->
         y = np.asarray(result[f"{kind}_{scale}"], dtype=float)
         ax.plot(np.arange(len(y)), y, marker="o", ms=3, lw=1.2, label=kind)
     _stage_boundaries(ax, result.get("unit_stage", []))
+    ax.set_yscale("log")
+    _integer_x(ax)
+    ax.set_xlabel("state k (input of unit k)")
+
+
+def band_line(
+    ax: Any,
+    x: Sequence[float],
+    mean: Sequence[float | None],
+    spread: Sequence[float | None] | None = None,
+    label: str | None = None,
+    *,
+    bars: bool = False,
+    step: bool = False,
+    **style: Any,
+) -> Any:
+    """``mean`` against ``x`` with a shaded band of +- ``spread`` (error bars instead with
+    ``bars`` or a single point; none where the spread is None or NaN, e.g. one seed);
+    ``step`` draws a step line. ``style``: matplotlib line keywords. Returns the line."""
+    x = np.asarray(x, dtype=float)
+    y = np.array([np.nan if v is None else v for v in mean], dtype=float)
+    style = {"marker": "o", "ms": 3, "lw": 1.2, **style}
+    if step:
+        (line,) = ax.step(x, y, where="post", label=label, **style)
+    else:
+        (line,) = ax.plot(x, y, label=label, **style)
+    s = np.array([np.nan if v is None else v for v in (spread if spread is not None else [])])
+    if not s.size or not np.isfinite(s.astype(float)).any():
+        return line
+    s = s.astype(float)
+    if bars or len(x) == 1:
+        yerr = np.nan_to_num(s)
+        ax.errorbar(x, y, yerr=yerr, fmt="none", ecolor=line.get_color(), capsize=2, lw=0.9)
+    else:
+        where = "post" if step else None
+        ax.fill_between(x, y - s, y + s, color=line.get_color(), alpha=0.2, lw=0, step=where)
+    return line
+
+
+def unit_stage_lines(ax: Any, index: Sequence[int], stage: Sequence[Any]) -> None:
+    """Dotted lines between neighbouring analysed units of different stages (x: unit index)."""
+    for k in range(1, min(len(index), len(stage))):
+        if stage[k] != stage[k - 1]:
+            ax.axvline((index[k - 1] + index[k]) / 2, color="gray", lw=0.8, ls=":")
+
+
+def perturbation_mean_axes(
+    ax: Any,
+    stats: Mapping[str, tuple[Sequence[float], Sequence[float] | None]],
+    unit_stage: Sequence[int] = (),
+) -> None:
+    """Like :func:`perturbation_axes` for the mean over several runs: ``stats`` holds per kind
+    (``adversarial``, ``random``) the mean curve and its std (a band; None: no band)."""
+    for kind in ("adversarial", "random"):
+        mean, std = stats[kind]
+        band_line(ax, np.arange(len(mean)), mean, std, label=kind)
+    _stage_boundaries(ax, unit_stage)
     ax.set_yscale("log")
     _integer_x(ax)
     ax.set_xlabel("state k (input of unit k)")

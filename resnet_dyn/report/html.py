@@ -1,6 +1,7 @@
 """report.html of ``resnet-dyn-report``: one self-contained page (inline CSS, relative images).
 
     page = render(sweep, columns, rows, sections)   # then write it into the sweep folder
+    page = render(sweep, columns, rows, sections, by_config(sweep, columns, rows))  # with seeds
 
 Every string that comes from a config, an override, an error or a file name is escaped.
 When the page has loaded, a small inline script counts the figures that loaded and writes
@@ -14,8 +15,8 @@ from html import escape
 from typing import Any
 from urllib.parse import quote
 
-from resnet_dyn.report.figures import Section
-from resnet_dyn.report.sweep import MISSING, Sweep
+from resnet_dyn.report.common import Section
+from resnet_dyn.report.sweep import BY_CONFIG, MISSING, SEED, Sweep
 
 STYLE = """
 body { font: 14px/1.45 system-ui, sans-serif; margin: 2em auto; max-width: 1400px;
@@ -92,6 +93,30 @@ def _table(sweep: Sweep, columns: Sequence[str], rows: Sequence[dict[str, Any]])
     )
 
 
+def _by_config_table(sweep: Sweep, columns: Sequence[str], rows: Sequence[dict[str, Any]]) -> str:
+    """summary_by_config.csv as a table: the configuration, its counts, and one cell
+    ``mean ± std`` per column that some configuration has a mean of."""
+    keys = [k for k in sweep.swept if k != SEED]
+    counts = [c for c in BY_CONFIG if c != "incomplete"]
+    stats = [c[: -len("_mean")] for c in columns if c.endswith("_mean")]
+    stats = [c for c in stats if any(_cell(r.get(f"{c}_mean")) for r in rows)]
+    notes = ["incomplete"] if any(r.get("incomplete") for r in rows) else []
+    head = "".join(f"<th>{escape(c)}</th>" for c in [*keys, *counts, *stats, *notes])
+    body = []
+    for row in rows:
+        cells = [f'<td class="text">{escape(_cell(row.get(k)))}</td>' for k in keys]
+        cells += [f"<td>{escape(_cell(row.get(c)))}</td>" for c in counts]
+        for c in stats:
+            mean, std = _cell(row.get(f"{c}_mean")), _cell(row.get(f"{c}_std"))
+            cells.append(f"<td>{escape(mean + (f' ± {std}' if mean and std else ''))}</td>")
+        cells += [f'<td class="error">{escape(_cell(row.get(c)))}</td>' for c in notes]
+        body.append("<tr>" + "".join(cells) + "</tr>")
+    return (
+        f'<div class="scroll"><table><thead><tr>{head}</tr></thead>'
+        f"<tbody>{''.join(body)}</tbody></table></div>"
+    )
+
+
 def _counts(sweep: Sweep) -> str:
     statuses = [j.status for j in sweep.jobs]
     parts = [f"{statuses.count(s)} {s}" for s in dict.fromkeys(statuses)]
@@ -113,14 +138,26 @@ def render(
     columns: Sequence[str],
     rows: Sequence[dict[str, Any]],
     sections: Sequence[Section],
+    by_config: tuple[Sequence[str], Sequence[dict[str, Any]]] | None = None,
 ) -> str:
-    """The whole page as a string."""
+    """The whole page as a string; ``by_config``: the columns and rows of
+    summary_by_config.csv, shown as a second table (None: no configuration has seeds)."""
     drawn = [(i, s) for i, s in enumerate(sections) if s.figures]
     empty = [s.title for s in sections if not s.figures and not s.quiet]
     nav = "".join(f'<li><a href="#s{i}">{escape(s.title)}</a></li>' for i, s in drawn)
     common = ", ".join(f"<code>{escape(k)}={escape(v)}</code>" for k, v in sweep.common.items())
     command = escape(sweep.command)
     command = f"<p>Sweep overrides: <code>{command}</code></p>" if command else ""
+    grouped = ""
+    if by_config is not None:
+        grouped = (
+            '<h2 id="configs">Configurations over seeds (<a href="summary_by_config.csv">'
+            "summary_by_config.csv</a>)</h2><p>One row per configuration (the swept values "
+            "less the seed): mean ± sample std over its completed seeds (n_seeds); failed and "
+            "unfinished jobs are counted (n_failed, n_missing) and left out of the statistics."
+            f"</p>{_by_config_table(sweep, *by_config)}"
+        )
+        nav = '<li><a href="#configs">Configurations over seeds</a></li>' + nav
     nodata = (
         '<p class="nodata">No data in this sweep for: ' + escape("; ".join(empty)) + ".</p>"
         if empty
@@ -145,6 +182,7 @@ a diverged run never reaches epsilon).</p>
 {nodata}
 <h2 id="jobs">Jobs (<a href="summary.csv">summary.csv</a>)</h2>
 {_table(sweep, columns, rows)}
+{grouped}
 {"".join(_section(i, s) for i, s in drawn)}
 <p><small id="images-loaded"></small></p>
 <script>{SCRIPT}</script>

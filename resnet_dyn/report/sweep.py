@@ -1,7 +1,11 @@
-"""A sweep folder read as data: its jobs, their summaries and overrides, and the summary table.
+"""A sweep folder read as data: its jobs, their summaries and overrides, and the summary tables.
 
 sweep = load_sweep(Path("multirun/demo"))
 columns, rows = table(sweep, batch={})
+by_columns, by_rows = by_config(sweep, columns, rows)   # seeds as replicates of a configuration
+
+A configuration is a job's overrides less ``seed``: jobs that differ only in their seed are
+replicates, and every figure and summary_by_config.csv show their mean and sample std.
 """
 
 from __future__ import annotations
@@ -38,9 +42,15 @@ ANALYSIS = (
     "identity/abs_mean",
     "perturbation/final_ratio",
     "perturbation/attacked_accuracy",
+    "projection/adversarial_expanding",
+    "projection/random_expanding",
     "final_depth",
 )
 BATCH = ("batch/k", "batch/speedup")
+SEED = "seed"  # the override whose values are replicates of one configuration
+DDOF = 1  # the std over seeds is the sample standard deviation (numpy's std with ddof=1)
+# The counts and notes of summary_by_config.csv before the <column>_mean, <column>_std pairs.
+BY_CONFIG = ("n_seeds", "n_failed", "n_missing", "seeds", "incomplete")
 
 
 @dataclass
@@ -86,6 +96,15 @@ class Sweep:
 
     def completed(self) -> list[Job]:
         return [j for j in self.jobs if j.status == "completed"]
+
+    def configurations(self, jobs: Sequence[Job], exclude: Sequence[str] = ()) -> dict:
+        """``jobs`` grouped by configuration (their swept values less ``seed`` and
+        ``exclude``): ``{"model.depth=8": [the jobs of seeds 0, 1, 2], ...}``."""
+        return self.groups(jobs, [*exclude, SEED])
+
+    def has_replicates(self) -> bool:
+        """Whether some configuration has more than one job (several seeds)."""
+        return any(len(m) > 1 for m in self.configurations(self.jobs).values())
 
     def groups(self, jobs: Sequence[Job], exclude: Sequence[str]) -> dict[str, list[Job]]:
         """``jobs`` grouped by their values of the swept keys not in ``exclude``, labelled
@@ -190,7 +209,37 @@ def finite(value: Any) -> float | None:
     return float(value) if math.isfinite(value) else None
 
 
-def _spectrum_mean(job: Job, map_name: str, stat: str) -> float | None:
+def seed_of(job: Job) -> str:
+    """The job's seed as text: its override, else its config's, else ``""``."""
+    seed = job.overrides.get(SEED, job.cfg(SEED))
+    return "" if seed is None else str(seed)
+
+
+def mean_std(values: Iterable[Any]) -> tuple[float | None, float | None, int]:
+    """Mean, sample std (:data:`DDOF`; None for fewer than two values) and count of the finite
+    numbers among ``values`` (None, NaN and text are left out); ``(None, None, 0)`` if none.
+
+    >>> mean_std([1.0, 2.0, None, float("nan")])
+    (1.5, 0.7071067811865476, 2)
+    """
+    kept = [v for v in (finite(x) for x in values) if v is not None]
+    if not kept:
+        return None, None, 0
+    std = float(np.std(kept, ddof=DDOF)) if len(kept) > DDOF else None
+    return float(np.mean(kept)), std, len(kept)
+
+
+def alpha_beta(job: Job) -> tuple[Any, Any]:
+    """The skip scale alpha and weight scale beta a job's analyses belong to: the post-hoc
+    intervention of resnet-dyn-analyze where one was set (its summary's
+    ``analysis.intervention``, else its config's), else the model's values at training."""
+    iv = job.analysis.get("intervention") or job.cfg("analysis.intervention") or {}
+    alpha, beta = iv.get("skip_scale"), iv.get("weight_scale")
+    alpha = job.cfg("model.skip_scale") if alpha is None else alpha
+    return alpha, job.cfg("model.weight_scale") if beta is None else beta
+
+
+def spectrum_mean(job: Job, map_name: str, stat: str) -> float | None:
     """The mean over the analysed units of one statistic of one map."""
     values = [finite((u.get(map_name) or {}).get(stat)) for u in job.analysis.get("units") or []]
     values = [v for v in values if v is not None]
@@ -201,11 +250,15 @@ def job_scalars(job: Job) -> dict[str, float | None]:
     """The analysis scalars of :data:`ANALYSIS` for one job (None where it has none)."""
     a = job.analysis
     identity, perturbation = a.get("identity") or {}, a.get("perturbation") or {}
-    out = {f"spectrum/{m}/{s}": _spectrum_mean(job, m, s) for m, s in SPECTRUM_STATS}
+    out = {f"spectrum/{m}/{s}": spectrum_mean(job, m, s) for m, s in SPECTRUM_STATS}
     out["identity/scaled_mean"] = finite(identity.get("scaled_mean"))
     out["identity/abs_mean"] = finite(identity.get("abs_mean"))
     out["perturbation/final_ratio"] = finite(perturbation.get("final_ratio"))
     out["perturbation/attacked_accuracy"] = finite(perturbation.get("attacked_accuracy"))
+    projection = perturbation.get("projection") or {}
+    for kind in ("adversarial", "random"):
+        shares = (projection.get(kind) or {}).get("expanding") or []
+        out[f"projection/{kind}_expanding"] = mean_std(shares)[0]
     out["final_depth"] = finite(job.summary.get("final_depth"))
     return out
 
@@ -225,6 +278,41 @@ def table(sweep: Sweep, batch: dict[str, dict[str, float | None]]) -> tuple[list
         row.update(batch.get(job.name, {}))
         rows.append(row)
     return columns, rows
+
+
+def by_config(
+    sweep: Sweep, columns: Sequence[str], rows: Sequence[dict]
+) -> tuple[list[str], list[dict]]:
+    """summary_by_config.csv from summary.csv's ``columns`` and ``rows`` (one per job, in
+    ``sweep.jobs`` order): one row per configuration with its swept values (``seed`` left
+    out), ``n_seeds`` (completed jobs: the replicates the statistics are over), ``n_failed``
+    (failed, diverged or unreadable: in no statistic), ``n_missing`` (unfinished), ``seeds``
+    (those completed), and ``<column>_mean``, ``<column>_std`` (sample std, empty with one
+    value) of every numeric column over the completed jobs that have a value; ``incomplete``
+    names the columns that only some completed jobs have (``batch/k (2 of 3)``)."""
+    keys = [k for k in sweep.swept if k != SEED]
+    numeric = [c for c in columns if c not in ("job", "status", "error", *sweep.swept)]
+    stats = [f"{c}_{s}" for c in numeric for s in ("mean", "std")]
+    row_of = {job.name: row for job, row in zip(sweep.jobs, rows, strict=True)}
+    out = []
+    for members in sweep.configurations(sweep.jobs).values():
+        done = [j for j in members if j.status == "completed"]
+        row: dict[str, Any] = {k: members[0].overrides.get(k) for k in keys}
+        row.update(
+            n_seeds=len(done),
+            n_failed=sum(j.status not in ("completed", MISSING) for j in members),
+            n_missing=sum(j.status == MISSING for j in members),
+            seeds=" ".join(seed_of(j) for j in done),
+        )
+        incomplete = []
+        for c in numeric:
+            mean, std, n = mean_std(row_of[j.name].get(c) for j in done)
+            row[f"{c}_mean"], row[f"{c}_std"] = mean, std
+            if 0 < n < len(done):
+                incomplete.append(f"{c} ({n} of {len(done)})")
+        row["incomplete"] = "; ".join(incomplete)
+        out.append(row)
+    return [*keys, *BY_CONFIG, *stats], out
 
 
 def write_csv(path: Path, columns: list[str], rows: list[dict]) -> Path:
