@@ -195,6 +195,12 @@ CASES: list[tuple[list[str], str]] = [
         [*CIRCLES, "callbacks=lagzi", "callbacks.lagzi.trajectory_depth=0"],
         "callbacks.lagzi.trajectory_depth",
     ),  # fmt: skip
+    ([*DENSE, "model.embed=rotate"], "model.embed"),
+    ([*DENSE, "model.embed=zero_pad", "model.input_projection=true"], "model.input_projection"),
+    (["model=dense_resnet", "model.embed=zero_pad"], "model.embed"),  # 64 pixels, 3 neurons
+    ([*DENSE, "model.init=xavier"], "model.init"),
+    ([*MLP, "model.embed=rotate"], "model.embed"),
+    ([*MLP, "model.init=xavier"], "model.init"),
 ]
 
 # Keys with no invalid value to test here, and why.
@@ -216,6 +222,8 @@ EXEMPT = {
     "callbacks.noise.noise": "${analysis.noise}: the analysis cases above",
     "callbacks.perturbation.perturbation": "${analysis.perturbation}: the cases above",
     "callbacks.perturbation.images": "${analysis.images}: the cases above",
+    "callbacks.perturbation.units": "${analysis.units}: the cases above",
+    "callbacks.perturbation.tol": "${analysis.tol}: the cases above",
     "callbacks.spectrum.analysis": "${analysis}: the cases above",
     "logger.wandb": "the W&B logger itself; logger=none drops it",
 }

@@ -33,6 +33,8 @@ class PerturbationCallback(L.Callback):
         images: how many test images to attack.
         output_dir: the job folder; figures go to ``<output_dir>/analysis``.
         every_n_epochs: also run after every n-th training epoch; 0: only at the end.
+        units, tol: with ``analysis.perturbation.project``, the units whose directions the
+            perturbations are split over, and the width of the neutral band around 1.
     """
 
     def __init__(
@@ -41,8 +43,12 @@ class PerturbationCallback(L.Callback):
         images: int,
         output_dir: str,
         every_n_epochs: int = 0,
+        units: str | list[int] = "all",
+        tol: float = 1e-3,
     ) -> None:
         self.settings = check_perturbation(perturbation)
+        self.units = list(units) if not isinstance(units, str) else units
+        self.tol = tol
         self.images = check_int("analysis.images", images, 1)
         self.every_n_epochs = check_int("callbacks.perturbation.every_n_epochs", every_n_epochs, 0)
         self.out_dir = Path(output_dir) / "analysis"
@@ -65,7 +71,7 @@ class PerturbationCallback(L.Callback):
         with evaluating(pl_module.net) as net:
             pert = perturbation_run(
                 net, trainer.datamodule, self.settings, self.images, self.out_dir,
-                f"epoch{epoch:03d}",
+                f"epoch{epoch:03d}", units=self.units, tol=self.tol,
             )  # fmt: skip
         log_results(
             trainer,
