@@ -220,8 +220,10 @@ def test_joblib_launcher_runs_jobs_in_parallel_processes(tmp_path):
 
 def test_a_killed_sweep_rerun_finishes_only_the_unfinished_jobs(tmp_path):
     sweep = tmp_path / "sweep"
+    # No analysis callbacks: what is tested is the sweep's bookkeeping, not the analyses.
     args = ["-m", "model.depth=8,14,20", "debug=tiny", "trainer.max_epochs=3", "logger=none",
-            "trainer.enable_progress_bar=false", f"hydra.sweep.dir={sweep}"]  # fmt: skip
+            "callbacks=default", "trainer.enable_progress_bar=false",
+            f"hydra.sweep.dir={sweep}"]  # fmt: skip
     env = {k: v for k, v in os.environ.items() if not k.startswith("WANDB_")}
     proc = subprocess.Popen(
         [sys.executable, "-m", "resnet_dyn", *args], cwd=tmp_path, env=env,
