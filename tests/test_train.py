@@ -158,6 +158,7 @@ def test_multirun_failed_job_does_not_stop_the_sweep(tmp_path):
             "-m",
             "model.depth=21,8",
             "debug=tiny",
+            "callbacks=default",  # the sweep's bookkeeping is tested, not the analyses
             "logger=none",
             "trainer.enable_progress_bar=false",
             f"hydra.sweep.dir={sweep}",
@@ -206,6 +207,7 @@ def test_joblib_launcher_runs_jobs_in_parallel_processes(tmp_path):
             "hydra.launcher.n_jobs=2",
             "model.depth=8,14",
             "debug=tiny",
+            "callbacks=default",  # the launcher is tested, not the analyses
             "logger=none",
             "trainer.enable_progress_bar=false",
             f"hydra.sweep.dir={sweep}",
