@@ -184,3 +184,65 @@ def test_invalid_values_name_the_key(make, key):
         make()
     message = str(info.value)
     assert message.startswith(key + ":") and "\n" not in message
+
+
+def test_zero_pad_embedding_is_fixed_and_places_the_point_first():
+    """Lagzi's fixed dimension: a 2-d point in 3 neurons is (x1, x2, 0), with no parameters."""
+    for cls in (DenseResNet, MLP):
+        net = cls(depth=4, input_shape=(2,), num_classes=2, width=3, embed="zero_pad")
+        x = torch.randn(7, 2)
+        h = net.stem(x)
+        assert h.shape == (7, 3)
+        assert torch.equal(h[:, :2], x) and torch.equal(h[:, 2:], torch.zeros(7, 1))
+        assert not any(p.requires_grad for p in net.stem.parameters())
+        assert list(net.stem.parameters()) == []
+        tied_layer, head = 3 * 3 + 3, 3 * 2 + 2
+        assert sum(p.numel() for p in net.parameters()) == tied_layer + head
+        linear = cls(depth=4, input_shape=(2,), num_classes=2, width=3)  # the learned map
+        assert sum(p.numel() for p in linear.stem.parameters()) == 2 * 3 + 3
+    images = DenseResNet(depth=2, input_shape=(1, 2, 2), width=6, embed="zero_pad")
+    x = torch.randn(3, 1, 2, 2)
+    assert torch.equal(images.stem(x), torch.cat([x.flatten(1), torch.zeros(3, 2)], 1))
+
+
+@pytest.mark.parametrize(
+    "kwargs, key",
+    [
+        ({"embed": "rotate"}, "model.embed"),
+        ({"init": "xavier"}, "model.init"),
+        ({"embed": "zero_pad", "input_shape": (5,)}, "model.embed"),  # 5 inputs, 3 neurons
+        ({"embed": "zero_pad", "input_projection": True}, "model.input_projection"),
+    ],
+)
+def test_embed_and_init_refuse_bad_values(kwargs, key):
+    with pytest.raises(ConfigError) as info:
+        DenseResNet(**{"depth": 2, "input_shape": (2,), "width": 3} | kwargs)
+    assert str(info.value).startswith(key + ":")
+
+
+def _preactivation_spread(net: DenseResNet, x: torch.Tensor) -> list[float]:
+    """Per layer: the std over samples of W x(t) + b, averaged over neurons (what tells the
+    inputs apart; a constant offset shared by all samples does not count)."""
+    spreads, h = [], net.stem(x)
+    with torch.no_grad():
+        for unit in net.units:
+            z = unit.branch[0](h)
+            spreads.append(float(z.std(0).mean()))
+            h = unit(h)
+    return spreads
+
+
+@pytest.mark.parametrize("tied", [False, True])
+def test_orthogonal_init_keeps_the_spread_through_15_sigmoid_layers(tied):
+    """The MLP's init: the last layer's pre-activations vary across inputs about as much as
+    the first's; with the old init (Kaiming's ReLU gain, zero biases) they collapse."""
+    torch.manual_seed(0)
+    x = torch.randn(512, 64)  # inputs normalised to std 1, as the datamodules give them
+    kw = {"depth": 15, "input_shape": (64,), "num_classes": 10, "width": 32, "tied": tied}
+    mlp = MLP(**kw)  # init="orthogonal" is the MLP's default
+    assert mlp.units[0].branch[0].bias.abs().max() > 0  # centred: b = -W 0.5, not 0
+    spread = _preactivation_spread(mlp, x)
+    assert 0.5 < spread[0] < 2.0  # the first layer sees std about 1: the sigmoid's steep range
+    assert spread[-1] > spread[0] / 4, spread
+    old = _preactivation_spread(MLP(**kw, init="kaiming"), x)
+    assert old[-1] < old[0] / 1000, old

@@ -6,6 +6,10 @@
 
 DenseResNet: x(t+1) = alpha*x(t) + f(W x(t) + b) for T layers, f in {sigmoid,
 tanh, relu}; ``tied`` shares one (W, b) across all layers. MLP: x(t+1) = f(W x(t) + b).
+The input reaches the N neurons through a learned linear map (``embed="linear"``) or, as in
+Lagzi's circles (2-d points in 3 neurons), fixed: in the first coordinates, zeros in the rest
+(``embed="zero_pad"``). ``init="orthogonal"`` keeps the spread of the signal through deep
+sigmoid layers (the MLP's default; see :func:`centred_orthogonal_init`).
 DeepResNet: L blocks x + F(x) at constant width, F = W2 f(W1 x) (fully
 connected) or conv3x3-f-conv3x3 (convolutional), optionally with BN.
 """
@@ -14,11 +18,12 @@ from __future__ import annotations
 
 import copy
 import math
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 
+import torch
 from torch import nn
 
-from resnet_dyn.errors import ConfigError, check_bool, check_positive
+from resnet_dyn.errors import ConfigError, check_bool, check_choice, check_positive
 from resnet_dyn.models.base import (
     ResidualNet,
     ResidualUnit,
@@ -26,6 +31,68 @@ from resnet_dyn.models.base import (
     make_activation,
     scale_weights,
 )
+
+EMBEDS = ("linear", "zero_pad")
+INITS = ("kaiming", "orthogonal")
+# Per activation f: (gain, centre) of the orthogonal init. gain = 1 / f'(0) (sigmoid: slope 1/4,
+# so 4; tanh: 1; relu: He's sqrt 2); centre = f(0), the mean of f on inputs centred at 0.
+ORTHOGONAL = {"sigmoid": (4.0, 0.5), "tanh": (1.0, 0.0), "relu": (math.sqrt(2.0), 0.0)}
+
+
+class ZeroPad(nn.Module):
+    """A fixed embedding: the (flattened) input in the first coordinates, zeros in the rest."""
+
+    def __init__(self, width: int) -> None:
+        super().__init__()
+        self.width = width
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return nn.functional.pad(x, (0, self.width - x.shape[-1]))
+
+    def extra_repr(self) -> str:
+        return f"width={self.width}"
+
+
+@torch.no_grad()
+def centred_orthogonal_init(
+    stem: Iterable[nn.Linear],
+    layers: Iterable[nn.Linear],
+    head: nn.Linear,
+    activation: str,
+    weight_scale: float = 1.0,
+) -> None:
+    """An init for deep nets of saturating activations (the sigmoid MLP), in place.
+
+    * ``layers`` (the W of x -> f(W x + b)): orthogonal, gain 1 / f'(0) times ``weight_scale``
+      (sigmoid: 4, undoing its slope 1/4), so in f's linear range a layer neither shrinks nor
+      grows the spread of its input across samples. Kaiming's ReLU gain sqrt 2 shrinks it by
+      sqrt(2)/4 per sigmoid layer: after 15 layers no input can be told apart, and the MLP
+      stays at chance.
+    * every bias of a map that reads a state (the layers and the head): b = -W c with c = f(0)
+      in every coordinate (sigmoid: 0.5), so a state at f's mean gives pre-activations 0, where
+      the sigmoid is steepest, not a random offset that pushes some neurons into saturation.
+    * ``stem`` (the learned input projection, if any): orthogonal with gain f'(0) (the inverse
+      of the layers' gain; sigmoid: 1/4) and bias c, so that inputs normalised to std 1 give a
+      state like a layer's output, mean c and spread f'(0): the first layer's pre-activations
+      have std about 1, where the sigmoid is steep but not linear.
+    * the head: orthogonal (gain 1), centred like the layers.
+    """
+
+    gain, centre = ORTHOGONAL[activation]
+
+    def centred(linear: nn.Linear) -> None:
+        if linear.bias is not None:
+            linear.bias.copy_(-centre * linear.weight.sum(1))
+
+    for linear in stem:
+        nn.init.orthogonal_(linear.weight, gain=1.0 / gain)
+        if linear.bias is not None:
+            nn.init.constant_(linear.bias, centre)
+    for linear in layers:
+        nn.init.orthogonal_(linear.weight, gain=gain * weight_scale)
+        centred(linear)
+    nn.init.orthogonal_(head.weight)
+    centred(head)
 
 
 def _check_depth_width(depth: int, width: int) -> None:
@@ -40,8 +107,8 @@ class DenseResNet(ResidualNet):
 
     Args:
         depth: number of layers T.
-        input_shape: shape of one input; it is flattened, and projected linearly to
-            ``width`` when its size differs (or when ``input_projection`` is true).
+        input_shape: shape of one input; it is flattened, and embedded in ``width`` neurons
+            when its size differs (or when ``input_projection`` is true).
         num_classes: outputs of the linear head on x(T).
         width: neurons per layer N.
         activation: sigmoid (the paper), tanh or relu.
@@ -49,6 +116,12 @@ class DenseResNet(ResidualNet):
         skip_scale: alpha on every layer.
         weight_scale: beta multiplying every W at initialisation.
         input_projection: force (true) or forbid (false) the projection; null: only when needed.
+        embed: how an input of another size reaches the ``width`` neurons: "linear", a learned
+            projection; "zero_pad", fixed: the input in the first coordinates, zeros in the
+            rest, no parameters (Lagzi's circles: 2-d points in 3 neurons; needs an input no
+            larger than ``width``, and ``input_projection`` null or false).
+        init: "kaiming" (Kaiming-normal W, zero b) or "orthogonal"
+            (:func:`centred_orthogonal_init`, for deep sigmoid MLPs).
     """
 
     residual = True
@@ -64,6 +137,8 @@ class DenseResNet(ResidualNet):
         skip_scale: float = 1.0,
         weight_scale: float = 1.0,
         input_projection: bool | None = None,
+        embed: str = "linear",
+        init: str = "kaiming",
     ) -> None:
         super().__init__()
         _check_depth_width(depth, width)
@@ -72,7 +147,43 @@ class DenseResNet(ResidualNet):
         make_activation(activation)  # validates the name before anything is built
         check_bool("model.tied", tied)
         check_bool("model.input_projection", input_projection, optional=True)
+        check_choice("model.embed", embed, EMBEDS)
+        check_choice("model.init", init, INITS)
         in_features = math.prod(int(s) for s in input_shape)
+        self.depth, self.width, self.tied, self.activation = depth, width, tied, activation
+        self.skip_scale = skip_scale
+        self.stem = nn.Sequential(
+            nn.Flatten(), self._embedding(in_features, input_projection, embed)
+        )
+        shared = nn.Linear(width, width) if tied else None
+        self.units = nn.ModuleList(
+            self._make_unit(shared if tied else nn.Linear(width, width)) for _ in range(depth)
+        )
+        self.head = nn.Linear(width, num_classes)
+        if init == "orthogonal":
+            centred_orthogonal_init(
+                [m for m in self.stem if isinstance(m, nn.Linear)],
+                {id(u.branch[0]): u.branch[0] for u in self.units}.values(),  # tied: once
+                self.head,
+                activation,
+                weight_scale,
+            )
+            return  # weight_scale is in the gain, and the biases are centred for it
+        kaiming_init(self.modules())
+        if weight_scale != 1.0:
+            scale_weights(self, weight_scale)
+
+    def _embedding(self, in_features: int, input_projection: bool | None, embed: str) -> nn.Module:
+        """The map from the flattened input to the ``width`` neurons (see ``embed``)."""
+        width = self.width
+        if embed == "zero_pad":
+            if input_projection:
+                expected = "null or false with model.embed=zero_pad (a fixed embedding)"
+                raise ConfigError("model.input_projection", expected, input_projection)
+            if in_features > width:
+                expected = f"linear for inputs of size {in_features} > width {width}"
+                raise ConfigError("model.embed", expected, embed)
+            return ZeroPad(width) if in_features < width else nn.Identity()
         project = in_features != width if input_projection is None else input_projection
         if not project and in_features != width:
             raise ConfigError(
@@ -80,19 +191,7 @@ class DenseResNet(ResidualNet):
                 f"true or null for inputs of size {in_features} != width {width}",
                 False,
             )
-        self.depth, self.width, self.tied, self.activation = depth, width, tied, activation
-        self.skip_scale = skip_scale
-        self.stem = nn.Sequential(
-            nn.Flatten(), nn.Linear(in_features, width) if project else nn.Identity()
-        )
-        shared = nn.Linear(width, width) if tied else None
-        self.units = nn.ModuleList(
-            self._make_unit(shared if tied else nn.Linear(width, width)) for _ in range(depth)
-        )
-        self.head = nn.Linear(width, num_classes)
-        kaiming_init(self.modules())
-        if weight_scale != 1.0:
-            scale_weights(self, weight_scale)
+        return nn.Linear(in_features, width) if project else nn.Identity()
 
     def _make_unit(self, linear: nn.Linear) -> ResidualUnit:
         branch = nn.Sequential(linear, make_activation(self.activation))
@@ -117,16 +216,20 @@ class DenseResNet(ResidualNet):
 
 
 class MLP(DenseResNet):
-    """DenseResNet without skips: x(t+1) = f(W x(t) + b). Same arguments but no skip_scale."""
+    """DenseResNet without skips: x(t+1) = f(W x(t) + b). Same arguments but no skip_scale.
+
+    ``init`` defaults to "orthogonal": with Kaiming's init a 15-layer sigmoid MLP forgets its
+    input at initialisation and does not train (see :func:`centred_orthogonal_init`).
+    """
 
     residual = False
 
-    def __init__(self, *args, **kwargs) -> None:
+    def __init__(self, *args, init: str = "orthogonal", **kwargs) -> None:
         if kwargs.get("skip_scale", 1.0) != 1.0:
             raise ConfigError(
                 "model.skip_scale", "no value: an MLP has no skip connections", kwargs["skip_scale"]
             )
-        super().__init__(*args, **kwargs)
+        super().__init__(*args, init=init, **kwargs)
 
 
 class DeepResNet(ResidualNet):
