@@ -114,7 +114,14 @@ def test_every_experiment_runs_fast_dev_run(experiment, tmp_path):
     data = [f"data={OFFLINE_DATA[experiment]}"] if experiment in OFFLINE_DATA else []
     cfg = compose_config(
         "train",
-        [f"experiment={experiment}", "debug=fast_dev_run", "logger=none", *data],
+        # One probe image: the experiment's wiring is tested here, the analyses elsewhere.
+        [
+            f"experiment={experiment}",
+            "debug=fast_dev_run",
+            "logger=none",
+            "analysis.images=1",
+            *data,
+        ],  # fmt: skip
         tmp_path,
     )
     summary = run_job(cfg)

@@ -141,7 +141,7 @@ def analysed(sweep, tmp_path_factory) -> Path:
     ckpt = sweep / "0" / "checkpoints" / "last.ckpt"
     result = run_cli(
         ["-m", f"checkpoint.path={ckpt}", "analysis.intervention.skip_scale=0.5,1.0",
-         "model.depth=8", "analysis.units=[0,1]", "analysis.images=2",
+         "model.depth=8", "analysis.units=[0,1]", "analysis.images=1",
          "analysis.perturbation.project=true", f"hydra.sweep.dir={root / 'a'}"],
         cwd=root, module="resnet_dyn.cli.analyze",
     )  # fmt: skip
