@@ -10,7 +10,6 @@ import pty
 import select
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pytest
@@ -184,25 +183,6 @@ def test_saving_without_an_api_key_is_one_line_and_fast(tmp_path):
     lines = output.strip().splitlines()
     assert code == 2
     assert len(lines) == 1 and lines[0].startswith("error: ") and "API key" in lines[0], lines
-
-
-def test_saving_without_network_is_one_line_within_the_timeout(tmp_path):
-    """A key but no server (a closed local port): W&B retries until the timeout, then one
-    line; never a traceback or a hang."""
-    sweep = make_sweep(tmp_path / "sweep")
-    key = "a" * 40
-    args = [str(sweep), "--timeout", "3"]
-    start = time.monotonic()
-    done = run_dashboard(
-        args, home=tmp_path, WANDB_API_KEY=key, WANDB_BASE_URL="http://127.0.0.1:9"
-    )
-    lines = (done.stdout + done.stderr).strip().splitlines()
-    # W&B's own default is 19 s per request with retries; a loaded machine adds start-up time.
-    assert time.monotonic() - start < 60
-    assert done.returncode == 2, lines
-    errors = [line for line in lines if line.startswith("error:")]
-    assert len(errors) == 1 and errors[0].startswith("error: cannot save"), lines
-    assert "Traceback" not in done.stderr
 
 
 def test_a_folder_that_is_not_a_sweep_is_one_line(tmp_path):
