@@ -62,6 +62,7 @@ import numpy as np
 import torch
 
 from resnet_dyn.dynamics.inertia import (
+    COUNT_MAX_GFLOP,
     countable,
     exact_fractions,
     gram_singular_values,
@@ -70,6 +71,8 @@ from resnet_dyn.dynamics.inertia import (
 from resnet_dyn.dynamics.jacobian import coloring_pays, jacobian, local_jacobian
 from resnet_dyn.dynamics.maps import UnitMap, check_eval, stage_map, unit_map, unit_states
 from resnet_dyn.dynamics.spectrum import (
+    GRID_SHIFT_INVERT_MAX,
+    SHIFT_INVERT_MAX,
     SVD_VALUES_MAX,
     SingularTriplets,
     dense_singular_values,
@@ -114,6 +117,9 @@ def map_spectrum(
     chunk_size: int | None = None,
     memory_mb: float = 256.0,
     seed: int = 0,
+    count_max_gflop: float = COUNT_MAX_GFLOP,
+    shift_invert_max: int = SHIFT_INVERT_MAX,
+    grid_shift_invert_max: int = GRID_SHIFT_INVERT_MAX,
 ) -> MapSpectrum:
     """Statistics of the singular values of J(f); see the module docstring for ``method``.
 
@@ -125,13 +131,17 @@ def map_spectrum(
     smallest eigenvalue, so sigma_min is an upper bound, and some eigenvalue lies within
     r of sigma_min^2: a tiny sigma_min is only known to about sqrt(r).
     ``chunk_size``/``memory_mb``: JVPs per batched pass for Jacobians.
+    ``count_max_gflop``: the largest count (GFLOP per threshold) ``auto`` and ``count``
+    attempt (:func:`~resnet_dyn.dynamics.inertia.countable`). ``shift_invert_max`` /
+    ``grid_shift_invert_max``: the square maps whose sigma_min comes from shift-invert
+    (:func:`~resnet_dyn.dynamics.spectrum.shift_invert_applies`).
     """
     if method not in METHODS:
         raise ConfigError("method", " | ".join(METHODS), method)
     if not isinstance(top_k, int) or top_k < 1:
         raise ConfigError("top_k", "a positive integer", top_k)
     if method == "auto" and not full_spectrum and min(f.dim_in, f.dim_out) > dense_max:
-        method = "count" if countable(f)[0] else "slq"
+        method = "count" if countable(f, max_gflop=count_max_gflop)[0] else "slq"
     if method in ("auto", "dense", "coloring"):
         if method != "dense" and coloring_pays(f) and min(f.dim_in, f.dim_out) > SVD_VALUES_MAX:
             # Large conv maps: G = J J^T from J's local kernels, never the dense J.
@@ -145,7 +155,7 @@ def map_spectrum(
     ends, starts, note, local = {}, {}, "", None
     r = min(f.dim_in, f.dim_out)
     if method == "count":
-        ok, why = countable(f)
+        ok, why = countable(f, max_gflop=count_max_gflop)
         if not ok:
             raise ConfigError("method", "auto or slq for this map (count: " + why + ")", method)
         local = local_jacobian(f)  # shared by the counts and shift-invert
@@ -195,6 +205,8 @@ def map_spectrum(
                 seed=seed,
                 dtype=torch.float64,
                 local=local,
+                shift_invert_max=shift_invert_max,
+                grid_shift_invert_max=grid_shift_invert_max,
             )[end]
     big, small = ends["largest"], ends["smallest"]
     if stats["method"] != "lanczos":

@@ -192,11 +192,17 @@ def _grid_map(f: UnitMap) -> bool:
     return window.stride == (1, 1) and f.in_shape == f.out_shape
 
 
-def shift_invert_applies(f: UnitMap) -> bool:
-    """Whether ``method="auto"`` finds the smallest end of J(f) by shift-invert."""
+def shift_invert_applies(
+    f: UnitMap,
+    dense_max: int = SHIFT_INVERT_MAX,
+    grid_max: int = GRID_SHIFT_INVERT_MAX,
+) -> bool:
+    """Whether ``method="auto"`` finds the smallest end of J(f) by shift-invert: square maps
+    up to ``dense_max`` (a dense LU) and square stride-1 conv maps up to ``grid_max`` (the
+    nested-dissection LU)."""
     if f.dim_in != f.dim_out:
         return False
-    return f.dim_in <= SHIFT_INVERT_MAX or (f.dim_in <= GRID_SHIFT_INVERT_MAX and _grid_map(f))
+    return f.dim_in <= dense_max or (f.dim_in <= grid_max and _grid_map(f))
 
 
 EXTREME_METHODS = ("auto", "gram", "shift_invert")
@@ -216,6 +222,8 @@ def extreme_singular_values(
     seed: int = 0,
     method: str = "auto",
     local: LocalJacobian | None = None,
+    shift_invert_max: int = SHIFT_INVERT_MAX,
+    grid_shift_invert_max: int = GRID_SHIFT_INVERT_MAX,
 ) -> dict[str, SingularTriplets]:
     """The ``k`` largest and/or smallest singular values of J(f), by block Lanczos.
 
@@ -235,7 +243,8 @@ def extreme_singular_values(
     Krylov space with. Residuals are those of the Gram operator. Right singular vectors
     of a "left" Gram operator are ``J^T u / sigma`` (zero where sigma is 0). ``local``:
     J's local kernels in the map's own dtype if already at hand (shift-invert factors
-    them instead of coloring the map again).
+    them instead of coloring the map again). ``shift_invert_max`` and
+    ``grid_shift_invert_max``: the sizes up to which ``auto`` uses shift-invert.
     """
     if which not in ("both", "largest", "smallest"):
         raise ConfigError("which", "largest, smallest or both", which)
@@ -254,7 +263,8 @@ def extreme_singular_values(
     ends = ("largest", "smallest") if which == "both" else (which,)
     square = f.dim_in == f.dim_out
     invert = "smallest" in ends and (
-        method == "shift_invert" or (method == "auto" and shift_invert_applies(f))
+        method == "shift_invert"
+        or (method == "auto" and shift_invert_applies(f, shift_invert_max, grid_shift_invert_max))
     )
     if invert and not square:
         raise ConfigError("method", "gram or auto for a rectangular map", method)
