@@ -348,7 +348,7 @@ def test_interventions_act_on_a_copy() -> None:
     net = DeepResNet(depth=3, input_shape=(6,), width=8, block="fc", batch_norm=False).double()
     for p in net.parameters():
         if p.dim() == 1:
-            nn.init.zeros_(p)  # without biases the ReLU pattern does not change under w -> beta w
+            nn.init.normal_(p, std=0.3)  # beta scales F exactly, biases and all
     net.eval()
     x = torch.randn(1, 6, dtype=torch.float64)
     base = with_intervention(net)
@@ -360,8 +360,8 @@ def test_interventions_act_on_a_copy() -> None:
     def J(model: nn.Module) -> torch.Tensor:
         return jacobian(unit_map(model, 1, unit_states(model, x)[1][0], "sum")).matrix
 
-    # alpha x + F(beta W): J = alpha I + beta^2 (J_1 - I)
-    torch.testing.assert_close(J(scaled), 0.25 * eye + 4.0 * (J(base) - eye))
+    # alpha x + beta F(x): J = alpha I + beta (J_1 - I)
+    torch.testing.assert_close(J(scaled), 0.25 * eye + 2.0 * (J(base) - eye))
     y = torch.tensor([0, 1, 2, 3])
     inputs = torch.randn(4, 6, dtype=torch.float64)
     assert accuracy(net, inputs, y) == (net(inputs).argmax(1) == y).double().mean().item()

@@ -14,6 +14,7 @@ from resnet_dyn.models import (
     ResidualNet,
     branch_weights,
     scale_weights,
+    scaled_parameters,
     set_skip_scale,
 )
 
@@ -92,16 +93,153 @@ def test_weight_scale_at_init_equals_post_hoc_scaling():
     scale_weights(plain, 0.3)
     for p, q in zip(plain.parameters(), scaled.parameters(), strict=True):
         assert torch.allclose(p, q)
-    # the stem and head are untouched; only branch convs are scaled
+    # only the last BN of each branch (gamma and shift) is scaled: the convs, stem and head not
     torch.manual_seed(1)
     ref = CifarResNet(depth=8, input_shape=(1, 8, 8))
     assert torch.equal(ref.stem[0].weight, scaled.stem[0].weight)
-    w_ref = ref.units[1].branch[0].weight
-    assert torch.allclose(scaled.units[1].branch[0].weight, 0.3 * w_ref)
-    before = [w.clone() for w in branch_weights(plain)]
+    assert torch.equal(scaled.units[1].branch[0].weight, ref.units[1].branch[0].weight)
+    assert torch.equal(scaled.units[1].branch[3].weight, ref.units[1].branch[3].weight)
+    assert torch.allclose(scaled.units[1].branch[4].weight, 0.3 * ref.units[1].branch[4].weight)
+    assert scaled_parameters(scaled, 1) == [
+        scaled.units[1].branch[4].weight,
+        scaled.units[1].branch[4].bias,
+    ]
+    before = copy.deepcopy(plain)
     scale_weights(plain, 2.0, units=1)
-    after = branch_weights(plain)
-    assert torch.allclose(after[2], 2 * before[2]) and torch.equal(after[0], before[0])
+    changed = {id(p) for p in scaled_parameters(plain, 1)}
+    for p, q in zip(plain.parameters(), before.parameters(), strict=True):
+        assert torch.equal(p, 2 * q if id(p) in changed else q)
+
+
+# Every model kind the weight scale acts on, small: (constructor, input shape). BN-free
+# variants too, where beta already changed the network before it meant F -> beta F.
+BETA_MODELS = {
+    "cifar_post_A": (lambda **kw: CifarResNet(8, (1, 8, 8), 5, shortcut="A", **kw), (1, 8, 8)),
+    "cifar_post_B": (lambda **kw: CifarResNet(8, (1, 8, 8), 5, shortcut="B", **kw), (1, 8, 8)),
+    "cifar_pre_A": (
+        lambda **kw: CifarResNet(8, (1, 8, 8), 5, shortcut="A", preact=True, **kw),
+        (1, 8, 8),
+    ),
+    "cifar_pre_B": (
+        lambda **kw: CifarResNet(8, (1, 8, 8), 5, shortcut="B", preact=True, **kw),
+        (1, 8, 8),
+    ),
+    "deep_fc_bn": (lambda **kw: DeepResNet(3, (12,), 5, width=8, **kw), (12,)),
+    "deep_conv_bn": (
+        lambda **kw: DeepResNet(2, (2, 6, 6), 5, width=4, block="conv", **kw),
+        (2, 6, 6),
+    ),
+    "deep_fc": (lambda **kw: DeepResNet(3, (12,), 5, width=8, batch_norm=False, **kw), (12,)),
+    "deep_conv_relu_after": (
+        lambda **kw: DeepResNet(
+            2, (2, 6, 6), 5, width=4, block="conv", batch_norm=False, final_activation="relu", **kw
+        ),
+        (2, 6, 6),
+    ),
+    "dense": (lambda **kw: DenseResNet(4, (12,), 5, width=6, tied=False, **kw), (12,)),
+    "dense_tied": (lambda **kw: DenseResNet(4, (12,), 5, width=6, activation="tanh", **kw), (12,)),
+    "mlp": (lambda **kw: MLP(4, (12,), 5, width=6, **kw), (12,)),
+}
+RESIDUAL = [name for name in BETA_MODELS if name != "mlp"]
+
+
+def _relative_change(a: torch.Tensor, b: torch.Tensor) -> float:
+    return float((a - b).norm() / b.norm())
+
+
+@pytest.mark.parametrize("name", BETA_MODELS)
+def test_weight_scale_changes_the_network_at_init_and_after_training(name):
+    """beta = 0.5 vs 1, same seed: different outputs at init in train mode (a conv scaled in
+    front of a train-mode BN would give the same ones), and after a few SGD steps in eval mode."""
+    make, shape = BETA_MODELS[name]
+    gen = torch.Generator().manual_seed(7)
+    x, y = torch.randn(32, *shape, generator=gen), torch.randint(0, 5, (32,), generator=gen)
+    nets = {}
+    for beta in (0.5, 1.0):
+        torch.manual_seed(0)
+        nets[beta] = make(weight_scale=beta).train()
+    with torch.no_grad():
+        change = _relative_change(nets[0.5](x), nets[1.0](x))
+    assert change > 0.01, change
+    for net in nets.values():
+        opt = torch.optim.SGD(net.parameters(), lr=0.05)
+        for _ in range(3):
+            opt.zero_grad()
+            torch.nn.functional.cross_entropy(net(x), y).backward()
+            opt.step()
+        net.eval()
+    with torch.no_grad():
+        change = _relative_change(nets[0.5](x), nets[1.0](x))
+    assert change > 0.01, change
+
+
+def _randomise_affine(net: torch.nn.Module) -> None:
+    """Give every BN and bias a trained-looking, non-trivial value (init has gamma 1, shift 0,
+    running mean 0 and variance 1, zero biases), so that the scaling law is tested where a
+    missed bias or shift would show."""
+    gen = torch.Generator().manual_seed(11)
+    with torch.no_grad():
+        for m in net.modules():
+            if isinstance(m, torch.nn.BatchNorm1d | torch.nn.BatchNorm2d):
+                m.weight.copy_(0.5 + torch.rand(m.weight.shape, generator=gen))
+                m.running_mean.copy_(0.2 * torch.randn(m.running_mean.shape, generator=gen))
+                m.running_var.copy_(0.5 + torch.rand(m.running_var.shape, generator=gen))
+            if getattr(m, "bias", None) is not None:
+                m.bias.copy_(0.3 * torch.randn(m.bias.shape, generator=gen))
+
+
+@pytest.mark.parametrize("mode", ["train", "eval"])
+@pytest.mark.parametrize("name", BETA_MODELS)
+def test_post_hoc_weight_scale_is_the_documented_map(name, mode):
+    """cifar_resnet, deep_resnet: the branch part of every sum map scales by beta exactly,
+    alpha s(x) + F(x) -> alpha s(x) + beta F(x); dense_resnet, mlp: f(W x + b) ->
+    f(beta (W x + b)). Units left out are untouched."""
+    make, shape = BETA_MODELS[name]
+    torch.manual_seed(0)
+    net = make().double()
+    _randomise_affine(net)
+    tied = getattr(net, "tied", False)
+    units = None if tied else [0, len(net.units) - 1]
+    scaled = scale_weights(copy.deepcopy(net), 0.5, units)
+    net.train(mode == "train")
+    scaled.train(mode == "train")
+    x = torch.randn(16, *shape, dtype=torch.float64)
+    states = net.unit_inputs(x)
+    with torch.no_grad():
+        for k, (unit, new) in enumerate(zip(net.units, scaled.units, strict=True)):
+            h = states[k]
+            beta = 0.5 if units is None or k in units else 1.0
+            if unit.shortcut is None or isinstance(net, DenseResNet):
+                linear, act = unit.branch
+                torch.testing.assert_close(new.branch(h), act(beta * linear(h)))
+                continue
+            skip = unit.skip_scale * unit.shortcut(h)
+            torch.testing.assert_close(new.sum_map(h) - skip, beta * (unit.sum_map(h) - skip))
+            torch.testing.assert_close(new(h), new.act(skip + beta * unit.branch(h)))
+
+
+@pytest.mark.parametrize("name", BETA_MODELS)
+def test_weight_scale_at_construction_is_the_post_hoc_scaling(name):
+    """One meaning: model.weight_scale is scale_weights right after the init, and it scales
+    exactly the parameters scaled_parameters names (each once), nothing else."""
+    make, _ = BETA_MODELS[name]
+    torch.manual_seed(3)
+    built = make(weight_scale=0.3)
+    torch.manual_seed(3)
+    ref = make()
+    scaled = {id(p) for p in scaled_parameters(ref)}
+    assert scaled and len(scaled) <= 2 * len(ref.units)  # a weight and a bias per unit at most
+    torch.manual_seed(3)
+    post = scale_weights(make(), 0.3)
+    for (key, b), p in zip(built.state_dict().items(), post.state_dict().values(), strict=True):
+        assert torch.equal(b, p), key  # the same code on the same numbers: bit for bit
+    for b, r in zip(built.parameters(), ref.parameters(), strict=True):
+        torch.testing.assert_close(b, 0.3 * r if id(r) in scaled else r)
+    if name == "mlp":  # the orthogonal init's biases stay centred for the scaled W: b = -W f(0)
+        for unit in built.units[:1]:
+            w, b = unit.branch[0].weight, unit.branch[0].bias
+            torch.testing.assert_close(w @ w.T, (4 * 0.3) ** 2 * torch.eye(6))
+            torch.testing.assert_close(b, -0.5 * w.sum(1))
 
 
 def test_dense_resnet_equation_and_tied_weights():
@@ -115,9 +253,10 @@ def test_dense_resnet_equation_and_tied_weights():
     for t in range(4):
         expected = 0.7 * states[t] + torch.sigmoid(states[t] @ lin.weight.T + lin.bias)
         assert torch.allclose(states[t + 1], expected)
-    w = lin.weight.clone()
+    w, b = lin.weight.clone(), lin.bias.clone()
+    assert scaled_parameters(net) == [lin.weight, lin.bias]
     scale_weights(net, 2.0)  # scaled once, not once per unit
-    assert torch.allclose(lin.weight, 2 * w)
+    assert torch.allclose(lin.weight, 2 * w) and torch.allclose(lin.bias, 2 * b)
     with pytest.raises(ConfigError, match="tied"):
         scale_weights(net, 2.0, units=[0])
 

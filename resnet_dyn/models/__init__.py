@@ -5,6 +5,7 @@ from resnet_dyn.models.base import (
     ResidualUnit,
     branch_weights,
     scale_weights,
+    scaled_parameters,
     set_skip_scale,
 )
 from resnet_dyn.models.cifar_resnet import CifarResNet
@@ -36,5 +37,6 @@ __all__ = [
     "branch_weights",
     "model_name",
     "scale_weights",
+    "scaled_parameters",
     "set_skip_scale",
 ]

@@ -131,20 +131,67 @@ def branch_weights(
     return list(seen.values())
 
 
+# The layers whose weight and bias are affine in their input: the candidates for the last
+# affine layer of a branch, the one that weight scaling multiplies.
+AFFINE = (nn.Conv2d, nn.Linear, nn.BatchNorm1d, nn.BatchNorm2d)
+
+
+def last_affine(branch: nn.Module) -> nn.Module:
+    """The last Conv2d, Linear or (affine) BatchNorm of ``branch`` in forward order.
+
+    Every branch of resnet_dyn is an ``nn.Sequential`` (or nests them), whose modules are
+    registered in forward order, so the last one met is the one nearest the branch output.
+    """
+    last = None
+    for m in branch.modules():
+        if isinstance(m, AFFINE):
+            last = m
+    if last is None or getattr(last, "weight", None) is None:
+        raise ConfigError(
+            "weight_scale", "a residual branch ending in an affine layer", type(branch).__name__
+        )
+    return last
+
+
+def scaled_parameters(
+    net: ResidualNet, units: int | Iterable[int] | None = None
+) -> list[nn.Parameter]:
+    """What weight scaling multiplies: weight and bias of the last affine layer of each branch.
+
+    Parameters shared by several units (tied weights) appear once.
+    """
+    seen: dict[int, nn.Parameter] = {}
+    for k in _unit_indices(net, units, "units"):
+        layer = last_affine(net.units[k].branch)
+        for p in (layer.weight, layer.bias):
+            if p is not None:
+                seen.setdefault(id(p), p)
+    return list(seen.values())
+
+
 @torch.no_grad()
 def scale_weights(
     net: ResidualNet, beta: float, units: int | Iterable[int] | None = None
 ) -> ResidualNet:
-    """Multiply the branch conv/linear weights of ``units`` (all by default) by beta, in place.
+    """Weight scale beta on ``units`` (all by default), in place: multiply the weight and bias
+    of the last affine layer (Conv2d, Linear, or BatchNorm's gamma and shift) of each branch.
 
-    Used at initialisation (``model.weight_scale``) and post hoc on a trained
-    model. Tied weights are scaled once even when several units share them.
+    * A branch that ends in that layer (cifar_resnet, deep_resnet; BN or not) becomes
+      F -> beta * F exactly, in train and in eval mode: scaling a conv that feeds a BatchNorm
+      would be undone by the normalisation, and scaling every layer of a ReLU branch would
+      give beta**2 * F (without biases) or no simple law at all (with them).
+    * A branch f(W x + b) (dense_resnet, mlp) becomes f(beta * (W x + b)): beta is the gain
+      of the pre-activation (zero biases at a Kaiming init: f(beta W x)).
+
+    One implementation for ``model.weight_scale`` (the constructors call this after their
+    init) and for post-hoc scaling of a trained model (``analysis.intervention``). Tied
+    weights are scaled once even when several units share them.
     """
     check_positive("weight_scale", beta)
     if units is not None and getattr(net, "tied", False):
         raise ConfigError("units", "all units (None) for a model with tied weights", units)
-    for w in branch_weights(net, units):
-        w.mul_(beta)
+    for p in scaled_parameters(net, units):
+        p.mul_(beta)
     return net
 
 

@@ -89,7 +89,9 @@ class CifarResNet(ResidualNet):
         shortcut: "A" (subsample + zero-pad, no parameters) or "B" (1x1 conv + BN).
         preact: False: relu(alpha*shortcut(x) + F(x)); True: alpha*x + F(x) (He et al. 2016b).
         skip_scale: alpha on every unit.
-        weight_scale: beta multiplying every branch conv at initialisation.
+        weight_scale: beta on every unit at initialisation, F -> beta * F: the gamma and shift
+            of each branch's last BN (post-activation) or its last conv (pre-activation),
+            by :func:`~resnet_dyn.models.base.scale_weights`.
     """
 
     def __init__(
@@ -147,5 +149,4 @@ class CifarResNet(ResidualNet):
         self.head = nn.Sequential(*head)
 
         kaiming_init(self.modules())
-        if weight_scale != 1.0:
-            scale_weights(self, weight_scale)
+        scale_weights(self, weight_scale)  # the post-hoc path, so both mean the same

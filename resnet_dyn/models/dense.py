@@ -59,11 +59,10 @@ def centred_orthogonal_init(
     layers: Iterable[nn.Linear],
     head: nn.Linear,
     activation: str,
-    weight_scale: float = 1.0,
 ) -> None:
     """An init for deep nets of saturating activations (the sigmoid MLP), in place.
 
-    * ``layers`` (the W of x -> f(W x + b)): orthogonal, gain 1 / f'(0) times ``weight_scale``
+    * ``layers`` (the W of x -> f(W x + b)): orthogonal, gain 1 / f'(0)
       (sigmoid: 4, undoing its slope 1/4), so in f's linear range a layer neither shrinks nor
       grows the spread of its input across samples. Kaiming's ReLU gain sqrt 2 shrinks it by
       sqrt(2)/4 per sigmoid layer: after 15 layers no input can be told apart, and the MLP
@@ -89,7 +88,7 @@ def centred_orthogonal_init(
         if linear.bias is not None:
             nn.init.constant_(linear.bias, centre)
     for linear in layers:
-        nn.init.orthogonal_(linear.weight, gain=gain * weight_scale)
+        nn.init.orthogonal_(linear.weight, gain=gain)
         centred(linear)
     nn.init.orthogonal_(head.weight)
     centred(head)
@@ -114,7 +113,9 @@ class DenseResNet(ResidualNet):
         activation: sigmoid (the paper), tanh or relu.
         tied: share one (W, b) across all layers.
         skip_scale: alpha on every layer.
-        weight_scale: beta multiplying every W at initialisation.
+        weight_scale: beta multiplying every (W, b) at initialisation, x(t+1) =
+            alpha x(t) + f(beta (W x(t) + b)), by :func:`~resnet_dyn.models.base.scale_weights`
+            (tied: once).
         input_projection: force (true) or forbid (false) the projection; null: only when needed.
         embed: how an input of another size reaches the ``width`` neurons: "linear", a learned
             projection; "zero_pad", fixed: the input in the first coordinates, zeros in the
@@ -166,12 +167,12 @@ class DenseResNet(ResidualNet):
                 {id(u.branch[0]): u.branch[0] for u in self.units}.values(),  # tied: once
                 self.head,
                 activation,
-                weight_scale,
             )
-            return  # weight_scale is in the gain, and the biases are centred for it
-        kaiming_init(self.modules())
-        if weight_scale != 1.0:
-            scale_weights(self, weight_scale)
+        else:
+            kaiming_init(self.modules())
+        # The post-hoc path, so both mean the same. After the orthogonal init it keeps the
+        # biases centred: b = -W f(0) scales with W.
+        scale_weights(self, weight_scale)
 
     def _embedding(self, in_features: int, input_projection: bool | None, embed: str) -> nn.Module:
         """The map from the flattened input to the ``width`` neurons (see ``embed``)."""
@@ -244,7 +245,10 @@ class DeepResNet(ResidualNet):
         batch_norm: BN after each linear map / conv of the block.
         activation: f inside the block.
         final_activation: applied after the sum (post-activation unit); "none" gives x + F(x).
-        skip_scale, weight_scale: alpha and beta as for every residual model.
+        skip_scale: alpha on every unit.
+        weight_scale: beta on every unit at initialisation, F -> beta * F: the gamma and shift
+            of each block's last BN, or (``batch_norm`` false) the weight and bias of its last
+            linear map / conv, by :func:`~resnet_dyn.models.base.scale_weights`.
     """
 
     def __init__(
@@ -298,5 +302,4 @@ class DeepResNet(ResidualNet):
 
         self.units = nn.ModuleList(unit() for _ in range(depth))
         kaiming_init(self.modules())
-        if weight_scale != 1.0:
-            scale_weights(self, weight_scale)
+        scale_weights(self, weight_scale)  # the post-hoc path, so both mean the same
