@@ -1,6 +1,7 @@
 """Models: published parameter counts, the shared unit interface, skip and weight scaling."""
 
 import copy
+import math
 
 import pytest
 import torch
@@ -32,18 +33,38 @@ def test_cifar_resnet_units_stages_and_shapes():
     net = CifarResNet(depth=20, input_shape=(3, 32, 32), num_classes=10).eval()
     assert [u.stage for u in net.units] == [0] * 3 + [1] * 3 + [2] * 3
     assert net.stage_units(1) == [3, 4, 5]
-    states = net.unit_inputs(torch.randn(2, 3, 32, 32))
+    x = torch.randn(2, 3, 32, 32)
+    states = net.unit_inputs(x)
     assert [tuple(s.shape[1:]) for s in states] == [(16, 32, 32)] * 4 + [(32, 16, 16)] * 3 + [
         (64, 8, 8)
     ] * 3
-    assert net(torch.randn(2, 3, 32, 32)).shape == (2, 10)
+    assert torch.allclose(net.head(states[-1]), net(x))  # the units compose to the forward
 
 
 @pytest.mark.parametrize("shape", [(1, 8, 8), (1, 28, 28), (3, 32, 32)])
 @pytest.mark.parametrize("shortcut, preact", [("A", False), ("B", False), ("A", True)])
 def test_cifar_resnet_any_input(shape, shortcut, preact):
+    torch.manual_seed(0)
     net = CifarResNet(depth=8, input_shape=shape, num_classes=7, shortcut=shortcut, preact=preact)
-    assert net(torch.randn(3, *shape)).shape == (3, 7)
+    # ResNet-8 counted by hand: branch convs 16-16-16, 16-32-32, 32-64-64 (3x3, no bias);
+    # each BN has 2 parameters per channel; the stem conv reads the image's channels.
+    convs = 9 * (16 * 16 * 2 + 16 * 32 + 32 * 32 + 32 * 64 + 64 * 64)
+    if preact:  # BN on each conv's input; BN before the head, none in the stem
+        bns = 2 * (16 + 16 + 16 + 32 + 32 + 64) + 2 * 64
+    else:  # BN on each conv's output, and in the stem
+        bns = 2 * (16 + 16 + 32 + 32 + 64 + 64) + 2 * 16
+    option_b = (16 * 32 + 2 * 32) + (32 * 64 + 2 * 64) if shortcut == "B" else 0
+    expected = 9 * 16 * shape[0] + convs + bns + option_b + 64 * 7 + 7
+    assert sum(p.numel() for p in net.parameters()) == expected
+    net.eval()
+    x = torch.randn(3, *shape)
+    out = net(x)
+    assert out.shape == (3, 7)
+    h = net.stem(x)
+    for unit in net.units:
+        h = unit.act(unit.skip_scale * unit.shortcut(h) + unit.branch(h))
+    torch.testing.assert_close(net.head(h), out)
+    assert _relative_change(net(x[[1, 0, 2]]), out) > 0.01  # each image its own output
 
 
 def test_unit_is_act_of_sum_map_and_post_vs_preact():
@@ -144,7 +165,7 @@ RESIDUAL = [name for name in BETA_MODELS if name != "mlp"]
 
 
 def _relative_change(a: torch.Tensor, b: torch.Tensor) -> float:
-    return float((a - b).norm() / b.norm())
+    return float((a - b).detach().norm() / b.detach().norm())
 
 
 @pytest.mark.parametrize("name", BETA_MODELS)
@@ -242,6 +263,27 @@ def test_weight_scale_at_construction_is_the_post_hoc_scaling(name):
             torch.testing.assert_close(b, -0.5 * w.sum(1))
 
 
+@pytest.mark.parametrize("name", RESIDUAL)
+def test_skip_scale_changes_the_sum_map_by_alpha_times_the_shortcut(name):
+    """model.skip_scale and set_skip_scale agree, and alpha enters as alpha * s(x) only."""
+    make, shape = BETA_MODELS[name]
+    torch.manual_seed(0)
+    built = make(skip_scale=0.5).eval()
+    torch.manual_seed(0)
+    plain = make().eval()
+    post = set_skip_scale(copy.deepcopy(plain), 0.5)
+    x = torch.randn(4, *shape)
+    with torch.no_grad():
+        states = plain.unit_inputs(x)
+        for k, unit in enumerate(plain.units):
+            h = states[k]
+            s = unit.shortcut(h)
+            torch.testing.assert_close(built.units[k].sum_map(h), post.units[k].sum_map(h))
+            torch.testing.assert_close(unit.sum_map(h) - post.units[k].sum_map(h), 0.5 * s)
+        assert _relative_change(built(x), plain(x)) > 0.01
+        torch.testing.assert_close(built(x), post(x))
+
+
 def test_dense_resnet_equation_and_tied_weights():
     torch.manual_seed(0)
     net = DenseResNet(depth=4, input_shape=(3,), num_classes=2, width=3, tied=True, skip_scale=0.7)
@@ -284,10 +326,21 @@ def test_dense_untied_projection_unroll_and_mlp():
     "block, shape", [("fc", (1, 28, 28)), ("conv", (3, 16, 16)), ("fc", (20,))]
 )
 def test_deep_resnet_depth_sweep(block, shape):
+    n_in = shape[0] if block == "conv" else math.prod(shape)
+    # fc: Linear stem with bias, each block two bias-free 8x8 maps and two BNs; conv: 3x3
+    stem, layer = (9 * n_in * 8, 9 * 8 * 8) if block == "conv" else (n_in * 8 + 8, 8 * 8)
     for depth in (2, 50):
         net = DeepResNet(depth=depth, input_shape=shape, num_classes=10, width=8, block=block)
         assert len(net.units) == depth and isinstance(net, ResidualNet)
-        assert net.eval()(torch.randn(2, *shape)).shape == (2, 10)
+        expected = stem + depth * 2 * (layer + 2 * 8) + 8 * 10 + 10
+        assert sum(p.numel() for p in net.parameters()) == expected
+        x = torch.randn(2, *shape)
+        states = net.eval().unit_inputs(x)
+        out = net(x)
+        assert out.shape == (2, 10) and len(states) == depth + 1
+        torch.testing.assert_close(net.head(states[-1]), out)
+        for k, unit in enumerate(net.units):  # x + F(x) with final_activation none
+            torch.testing.assert_close(states[k + 1], states[k] + unit.branch(states[k]))
 
 
 def test_deep_resnet_zero_branch_is_identity():
