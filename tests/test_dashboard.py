@@ -8,13 +8,17 @@ import json
 import os
 import pty
 import select
+import socket
 import subprocess
 import sys
+import threading
+import time
 from pathlib import Path
 
 import pytest
 
 from resnet_dyn.logs.wandb_run import sweep_id
+from resnet_dyn.report import dashboard
 
 MODULE = "resnet_dyn.cli.dashboard"
 DEPTHS, SEEDS = (8, 14), (0, 1)
@@ -183,6 +187,79 @@ def test_saving_without_an_api_key_is_one_line_and_fast(tmp_path):
     lines = output.strip().splitlines()
     assert code == 2
     assert len(lines) == 1 and lines[0].startswith("error: ") and "API key" in lines[0], lines
+
+
+@pytest.fixture
+def silent_server():
+    """A local server that accepts connections and never answers (nor closes them): a
+    request's connect succeeds and its read waits forever. Yields its base URL."""
+    server = socket.create_server(("127.0.0.1", 0))
+    accepted: list[socket.socket] = []
+
+    def accept() -> None:
+        while True:
+            try:
+                accepted.append(server.accept()[0])
+            except OSError:  # the server closed at teardown
+                return
+
+    threading.Thread(target=accept, daemon=True).start()
+    yield f"http://127.0.0.1:{server.getsockname()[1]}"
+    server.close()
+    for conn in accepted:
+        conn.close()
+
+
+TIMEOUT_S = 2  # the command's --timeout here
+START_S = 15  # start-up (Python, wandb's import) on a loaded two-core machine
+
+
+@pytest.mark.parametrize("server", ["closed", "silent"])
+def test_saving_without_network_is_one_line_within_the_timeout(tmp_path, server, request):
+    """A key but no server, as on a clean CI clone (empty HOME, no ~/.netrc, W&B's folders
+    new, CI=true): a closed local port, or a server that accepts and stays silent. The
+    command ends within --timeout plus start-up with one error line, whatever W&B's own
+    retries do; never a traceback, a W&B log line or a hang."""
+    sweep = make_sweep(tmp_path / "sweep")
+    base = "http://127.0.0.1:9" if server == "closed" else request.getfixturevalue("silent_server")
+    dirs = {f"WANDB_{k}_DIR": str(tmp_path / k.lower()) for k in ("CONFIG", "CACHE", "DATA")}
+    start = time.monotonic()
+    done = run_dashboard(
+        [str(sweep), "--timeout", str(TIMEOUT_S)],
+        home=tmp_path,
+        WANDB_API_KEY="a" * 40,
+        WANDB_BASE_URL=base,
+        WANDB_DIR=str(tmp_path / "wandb"),
+        CI="true",
+        **dirs,
+    )
+    elapsed = time.monotonic() - start
+    assert not (tmp_path / ".netrc").exists()
+    assert done.returncode == 2, done.stderr
+    assert done.stdout == ""
+    lines = done.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith(f"error: cannot save the workspace to {base}")
+    assert elapsed < TIMEOUT_S + START_S, elapsed
+
+
+@pytest.mark.parametrize("fork", [True, False])
+def test_the_deadline_holds_when_the_network_part_never_returns(monkeypatch, fork):
+    """A save that ignores every timeout (W&B retrying forever): save() still raises one
+    line at the deadline, in the killed process (fork) or the abandoned thread (no fork)."""
+
+    def forever(workspace, timeout_s, tell) -> str:
+        tell("http://127.0.0.1:9")
+        while True:
+            time.sleep(60)
+
+    monkeypatch.setattr(dashboard, "_save_now", forever)
+    if not fork:
+        monkeypatch.setattr(dashboard.multiprocessing, "get_all_start_methods", lambda: ["spawn"])
+    start = time.monotonic()
+    with pytest.raises(dashboard.SaveError, match="no answer within 0.5 s") as caught:
+        dashboard.save(object(), 0.5)
+    assert time.monotonic() - start < 3
+    assert "http://127.0.0.1:9" in str(caught.value) and "\n" not in str(caught.value)
 
 
 def test_a_folder_that_is_not_a_sweep_is_one_line(tmp_path):

@@ -19,10 +19,17 @@ never needs it.
 
 from __future__ import annotations
 
+import contextlib
+import multiprocessing
 import os
+import signal
+import socket
+import threading
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
 
 from resnet_dyn.logs.wandb_run import SEED_KEYS, SUMMARIES, sweep_id, swept_keys
 from resnet_dyn.report.sweep import Sweep, load_sweep
@@ -429,24 +436,55 @@ def _credentials(base_url: str) -> bool:
         return True
 
 
-def save(workspace: Any, timeout_s: int) -> str:
-    """Save ``workspace`` as a new view and return its URL; :class:`SaveError` (one line)
-    when it cannot be saved. Every request waits at most ``timeout_s`` seconds, so that an
-    unreachable server fails the command instead of hanging it in retries."""
+PROXY_KEYS = ("HTTPS_PROXY", "https_proxy", "HTTP_PROXY", "http_proxy", "ALL_PROXY", "all_proxy")
+
+
+def _refused(base_url: str, timeout_s: float) -> None:
+    """:class:`SaveError` at once when the server's port refuses connections: W&B would
+    retry until the deadline and then say only that it got no answer. Any other outcome
+    (connected, silent, unresolved) is left to W&B; so is every server behind a proxy,
+    which a direct connection does not test."""
+    if any(os.environ.get(k) for k in PROXY_KEYS):
+        return
+    url = urlsplit(base_url)
+    try:
+        port = url.port or (443 if url.scheme == "https" else 80)
+    except ValueError:  # a malformed port: W&B's own message names the problem
+        return
+    if not url.hostname:
+        return
+    try:
+        with socket.create_connection((url.hostname, port), timeout=min(timeout_s, 5)):
+            return
+    except ConnectionRefusedError:
+        raise SaveError(
+            f"cannot save the workspace to {base_url}: connection refused (no server there)"
+        ) from None
+    except OSError:  # a timeout, no route, no name: W&B decides, within the deadline
+        return
+
+
+def _save_now(workspace: Any, timeout_s: float, tell: Any) -> str:
+    """Save ``workspace`` and return its URL (the network part, run in the save process).
+    ``tell(base_url)`` is called once the server's address is known, so that the caller
+    can name it when this never returns."""
     os.environ.setdefault("WANDB_SILENT", "true")
     import wandb
 
     # wandb_workspaces makes its own wandb.Api() (no timeout argument): they take the
-    # class default, read from WANDB_HTTP_TIMEOUT when wandb was first imported.
-    os.environ["WANDB_HTTP_TIMEOUT"] = str(timeout_s)
+    # class default, read from WANDB_HTTP_TIMEOUT when wandb was first imported. These
+    # only make a failure's message W&B's own; the deadline in save() is what holds.
+    os.environ["WANDB_HTTP_TIMEOUT"] = str(max(1, int(timeout_s)))
     if hasattr(wandb.Api, "_HTTP_TIMEOUT"):
         wandb.Api._HTTP_TIMEOUT = timeout_s
     base_url = os.environ.get("WANDB_BASE_URL") or str(wandb.setup().settings.base_url)
+    tell(base_url)
     if not _credentials(base_url):
         raise SaveError(
             f"no W&B API key for {base_url}: run `wandb login` or set WANDB_API_KEY"
             " (--dry-run prints the workspace without one)"
         )
+    _refused(base_url, timeout_s)
     try:
         api = wandb.Api(timeout=timeout_s)
         if not workspace.entity:
@@ -462,3 +500,102 @@ def save(workspace: Any, timeout_s: int) -> str:
         lines = str(exc).strip().splitlines()
         first = lines[0] if lines else type(exc).__name__
         raise SaveError(f"cannot save the workspace to {base_url}: {first}") from exc
+
+
+def _save_child(workspace: Any, timeout_s: float, conn: Any) -> None:
+    """The save process: its own process group (so that the parent can kill it with all
+    it started), no terminal (no prompt, no W&B log lines on the user's stderr, and no
+    grandchild holding the caller's pipes open), its answers sent over ``conn``."""
+    os.setsid()
+    null = os.open(os.devnull, os.O_RDWR)
+    for fd in (0, 1, 2):
+        os.dup2(null, fd)
+    try:
+        conn.send(("url", _save_now(workspace, timeout_s, lambda url: conn.send(("base", url)))))
+    except SaveError as exc:
+        conn.send(("error", str(exc)))
+    except BaseException as exc:  # anything else still answers in one line
+        conn.send(("error", f"cannot save the workspace: {type(exc).__name__}: {exc}"))
+    finally:
+        conn.close()
+
+
+def _kill_group(pgid: int) -> None:
+    """SIGKILL the save process and whatever it started in its group (W&B's service runs
+    in a session of its own and exits when the save process is gone)."""
+    with contextlib.suppress(ProcessLookupError, PermissionError):  # already gone
+        os.killpg(pgid, signal.SIGKILL)
+
+
+def _late(base_url: str | None, timeout_s: float) -> SaveError:
+    where = base_url or "the W&B server"
+    return SaveError(
+        f"cannot save the workspace to {where}: no answer within {timeout_s:g} s"
+        " (unreachable or silent server; --timeout sets the limit)"
+    )
+
+
+def _save_in_thread(workspace: Any, timeout_s: float) -> str:
+    """Where fork is missing (Windows): the save in a daemon thread, abandoned at the
+    deadline; the command then exits with the thread still blocked."""
+    answer: dict[str, str] = {}
+
+    def work() -> None:
+        try:
+            answer["url"] = _save_now(workspace, timeout_s, lambda url: answer.update(base=url))
+        except SaveError as exc:
+            answer["error"] = str(exc)
+        except Exception as exc:
+            answer["error"] = f"cannot save the workspace: {type(exc).__name__}: {exc}"
+
+    thread = threading.Thread(target=work, name="resnet-dyn-dashboard-save", daemon=True)
+    thread.start()
+    thread.join(timeout_s)
+    if "url" in answer:
+        return answer["url"]
+    if "error" in answer:
+        raise SaveError(answer["error"])
+    raise _late(answer.get("base"), timeout_s)
+
+
+def save(workspace: Any, timeout_s: float) -> str:
+    """Save ``workspace`` as a new view and return its URL; :class:`SaveError` (one line)
+    when it cannot be saved, at the latest ``timeout_s`` seconds after the call.
+
+    W&B's clients retry on their own and do not always keep a per-request timeout (its
+    service process has its own waits), so the network part runs in a forked process that
+    is killed, with everything it started, at the deadline: a closed port, a server that
+    accepts and never answers, or a retry loop all end the same way."""
+    if timeout_s <= 0:
+        raise SaveError(f"--timeout must be positive, got {timeout_s:g}")
+    if "fork" not in multiprocessing.get_all_start_methods():
+        return _save_in_thread(workspace, timeout_s)
+    deadline = time.monotonic() + timeout_s
+    ctx = multiprocessing.get_context("fork")
+    reader, writer = ctx.Pipe(duplex=False)
+    proc = ctx.Process(target=_save_child, args=(workspace, timeout_s, writer), daemon=True)
+    proc.start()
+    writer.close()  # so that the child's end closing reads as EOF here
+    base_url = None
+    try:
+        while reader.poll(max(0.0, deadline - time.monotonic())):
+            try:
+                kind, value = reader.recv()
+            except EOFError:  # the process died without an answer (killed, crashed)
+                proc.join(1)
+                raise SaveError(
+                    f"cannot save the workspace to {base_url or 'the W&B server'}: the save"
+                    f" process ended without an answer (exit code {proc.exitcode})"
+                ) from None
+            if kind == "base":
+                base_url = value
+            elif kind == "url":
+                return str(value)
+            else:
+                raise SaveError(str(value))
+        raise _late(base_url, timeout_s)
+    finally:
+        # Before join: the group id stays reserved while its leader is unreaped.
+        _kill_group(proc.pid)
+        proc.join()
+        reader.close()
