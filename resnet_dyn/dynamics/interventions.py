@@ -27,8 +27,12 @@ def with_intervention(
     weight_scale: float | None = None,
     units: int | Iterable[int] | None = None,
 ) -> ResidualNet:
-    """A deep copy of ``net`` with alpha set to ``skip_scale`` and the residual-branch weights
-    multiplied by ``weight_scale`` on ``units`` (all when None); ``net`` is left unchanged."""
+    """A deep copy of ``net`` with alpha set to ``skip_scale`` and weight scale ``weight_scale``
+    applied on ``units`` (all when None); ``net`` is left unchanged.
+
+    The weight scale is :func:`~resnet_dyn.models.base.scale_weights`, the same map as
+    ``model.weight_scale`` at construction: F -> beta * F (dense_resnet, mlp: f(beta (W x + b))).
+    On a trained model it multiplies the trained values, on top of any beta it was built with."""
     new = copy.deepcopy(net)
     # Both setters iterate over units: a generator must be read once.
     units = list(units) if units is not None and not isinstance(units, int) else units
