@@ -362,9 +362,11 @@ def test_interventions_act_on_a_copy() -> None:
 
     # alpha x + beta F(x): J = alpha I + beta (J_1 - I)
     torch.testing.assert_close(J(scaled), 0.25 * eye + 2.0 * (J(base) - eye))
-    y = torch.tensor([0, 1, 2, 3])
-    inputs = torch.randn(4, 6, dtype=torch.float64)
-    assert accuracy(net, inputs, y) == (net(inputs).argmax(1) == y).double().mean().item()
+    inputs = torch.randn(32, 6, dtype=torch.float64)
+    with torch.no_grad():
+        y = net(inputs).argmax(1)  # the base model is right on all of them
+    assert accuracy(net, inputs, y) == 1.0
+    scales = [(0.5, None), (0.5, 3.0), (1.0, None), (1.0, 3.0)]
     rows = sweep(
         net,
         x,
@@ -374,14 +376,25 @@ def test_interventions_act_on_a_copy() -> None:
         units=[2],
         analysis={"units": [2], "maps": ["sum"]},
     )
-    assert [(r["skip_scale"], r["weight_scale"]) for r in rows] == [
-        (0.5, None),
-        (0.5, 3.0),
-        (1.0, None),
-        (1.0, 3.0),
-    ]
-    assert rows[2]["accuracy"] == accuracy(net, inputs, y)
-    assert rows[0]["results"][0]["sum"]["sigma_max"] != rows[2]["results"][0]["sum"]["sigma_max"]
+    assert [(r["skip_scale"], r["weight_scale"]) for r in rows] == scales
+    # The documented effect, from the untouched net: unit 2 sees the same state x_2 (units 0
+    # and 1 are not intervened on) and becomes x -> alpha x + beta F(x), so its sum map's
+    # Jacobian is alpha I + beta J_F with J_F from jacfwd of the branch alone.
+    unit = net.units[2]
+    with torch.no_grad():
+        h = net.units[1](net.units[0](net.stem(inputs)))  # x_2 of every input
+        x2 = net.units[1](net.units[0](net.stem(x)))[0]
+    J_F = jacfwd(unit.branch)(x2).detach()
+    for row, (alpha, beta) in zip(rows, scales, strict=True):
+        b = 1.0 if beta is None else beta
+        sigma = torch.linalg.svdvals(alpha * eye + b * J_F)
+        got = row["results"][0]["raw"]["sum"]["sigma"][0]
+        np.testing.assert_allclose(got, sigma.numpy(), rtol=1e-10, atol=1e-12)
+        assert row["results"][0]["sum"]["sigma_max"] == pytest.approx(sigma[0].item(), rel=1e-10)
+        with torch.no_grad():
+            logits = net.head(unit.act(alpha * h + b * unit.branch(h)))
+        assert row["accuracy"] == (logits.argmax(1) == y).double().mean().item()
+    assert rows[2]["accuracy"] == 1.0 and min(r["accuracy"] for r in rows) < 1.0
 
 
 def test_nested_dissection_lu_solves_like_dense() -> None:
