@@ -352,26 +352,41 @@ def test_image_folder_problems_are_one_line(layout, key, named, tmp_path):
 
 
 class _Linear(L.LightningModule):
+    """A linear classifier that keeps every batch Lightning hands it, by stage."""
+
     def __init__(self, inputs: int, classes: int):
         super().__init__()
         self.net = nn.Sequential(nn.Flatten(), nn.Linear(inputs, classes))
+        self.seen: dict[str, list[tuple[torch.Tensor, torch.Tensor]]] = {}
 
-    def training_step(self, batch, _):
+    def _step(self, stage: str, batch) -> torch.Tensor:
         x, y = batch
+        self.seen.setdefault(stage, []).append((x.detach().clone(), y.detach().clone()))
         return nn.functional.cross_entropy(self.net(x), y)
 
+    def training_step(self, batch, _):
+        return self._step("train", batch)
+
     def validation_step(self, batch, _):
-        self.training_step(batch, _)
+        self._step("val", batch)
 
     def test_step(self, batch, _):
-        self.training_step(batch, _)
+        self._step("test", batch)
 
     def configure_optimizers(self):
         return torch.optim.SGD(self.parameters(), lr=0.1)
 
 
+def labelled_rows(x: torch.Tensor, y: torch.Tensor) -> list[tuple]:
+    """Examples with their labels as sorted hashable rows: datasets compared as multisets."""
+    return sorted(zip(map(tuple, x.flatten(1).numpy().round(4).tolist()), y.tolist(), strict=True))
+
+
 @pytest.mark.parametrize("which", ["digits", "image_folder"])
 def test_lightning_fits_and_tests_on_the_datamodule(which, tmp_path):
+    """What the model is fed in fit and test is the datamodule's data: every training
+    example once an epoch (shuffled, labels with their images), validation and test in
+    order, batch shapes and dtypes, and normalised pixels."""
     if which == "digits":
         dm = DigitsDataModule(batch_size=64)
     else:
@@ -386,10 +401,41 @@ def test_lightning_fits_and_tests_on_the_datamodule(which, tmp_path):
         enable_checkpointing=False,
         enable_progress_bar=False,
         enable_model_summary=False,
+        num_sanity_val_steps=0,  # so that "val" holds exactly one pass
     )
     trainer.fit(model, datamodule=dm)
     trainer.test(model, datamodule=dm, verbose=False)
-    assert trainer.global_step == -(-len(dm.train_set) // dm.batch_size)
+    steps = -(-len(dm.train_set) // dm.batch_size)
+    assert trainer.global_step == steps == len(model.seen["train"])
+    seen = {
+        k: (torch.cat([b[0] for b in v]), torch.cat([b[1] for b in v]))
+        for k, v in model.seen.items()
+    }
+    for stage, split in (("train", dm.train_set), ("val", dm.val_set), ("test", dm.test_set)):
+        x, y = seen[stage]
+        assert x.shape == (len(split), *dm.input_shape) and x.dtype == torch.float32, stage
+        assert y.dtype == torch.int64 and len(y) == len(split)
+        assert [len(b[1]) for b in model.seen[stage][:-1]] == [dm.batch_size] * (
+            len(model.seen[stage]) - 1
+        )
+        expected = all_examples(split)
+        if stage == "train":  # shuffled: the same multiset of (image, label), not the order
+            assert labelled_rows(x, y) == labelled_rows(*expected)
+        else:
+            assert torch.equal(x, expected[0]) and torch.equal(y, expected[1]), stage
+    x, y = seen["train"]
+    if which == "digits":
+        assert not torch.equal(y, all_examples(dm.train_set)[1])  # shuffled
+        assert abs(x.mean()) < 0.05 and abs(x.std() - 1) < 0.05  # normalised
+        assert y.bincount(minlength=10).min() > 80  # every class in training
+        raw = torch.tensor(load_digits().images / 16.0, dtype=torch.float32).unsqueeze(1)
+        assert set(rows(x * 0.3760 + 0.3053)) <= set(rows(raw))
+    else:  # pixels back to [0, 1]: the red channel is the image's index * 60 / 255
+        red = x[:, 0] * dm.std[0] + dm.mean[0]
+        index = (red[:, 0, 0] * 255 / 60).round().long()
+        assert torch.allclose(red, red[:, :1, :1].expand_as(red), atol=1e-5)
+        assert sorted(index.tolist()) == [0, 1, 2, 3]
+        assert torch.equal(y, (index % 2 == 0).long())  # dog (even index) sorts after cat: label 1
 
 
 def compose_data(name: str, data_dir: Path, **overrides) -> DictConfig:
