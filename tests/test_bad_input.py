@@ -7,10 +7,16 @@ keeps the table exhaustive: a new key in ``conf/`` needs a case here, or a reaso
 
 from __future__ import annotations
 
+import json
+
 import pytest
 import yaml
 from conftest import CONF, compose_config, run_cli
+from hydra import compose, initialize_config_dir
+from hydra.core.global_hydra import GlobalHydra
 
+from resnet_dyn.analysis.job import analyze
+from resnet_dyn.config.checks import check_launcher
 from resnet_dyn.errors import UserError
 from resnet_dyn.training.job import build_job
 
@@ -134,6 +140,45 @@ CASES: list[tuple[list[str], str]] = [
     (["analysis.noise.images=0"], "analysis.noise.images"),
     (["analysis.noise.sigmas=[0.1,-1]"], "analysis.noise.sigmas"),
     (["analysis.noise.sigmas=[]"], "analysis.noise.sigmas"),
+    (["analysis.images=1.5"], "analysis.images"),
+    (["analysis.units=[]"], "analysis.units"),
+    (["analysis.units=[0,0.5]"], "analysis.units"),
+    (["analysis.maps=jacobian"], "analysis.maps"),
+    (["analysis.tol=1.5"], "analysis.tol"),  # the one band would swallow the zero band
+    (["analysis.tol=0.6"], "analysis.tol"),  # the bands overlap: fractions sum above 1
+    (["analysis.tol=-0.1"], "analysis.tol"),
+    (["analysis.tol=small"], "analysis.tol"),
+    (["analysis.top_k=1.5"], "analysis.top_k"),
+    (["analysis.dtype=32"], "analysis.dtype"),
+    (["analysis.histogram.units=some"], "analysis.histogram.units"),
+    (["analysis.histogram.bins=1.5"], "analysis.histogram.bins"),
+    (["analysis.intervention.skip_scale=big"], "analysis.intervention.skip_scale"),
+    (["analysis.intervention.weight_scale=-1"], "analysis.intervention.weight_scale"),
+    (["analysis.intervention.units=all"], "analysis.intervention.units"),  # a list, or null
+    (["analysis.perturbation.eps=big"], "analysis.perturbation.eps"),
+    (["analysis.perturbation.steps=1.5"], "analysis.perturbation.steps"),
+    (["analysis.perturbation.step_size=-0.1"], "analysis.perturbation.step_size"),
+    (["analysis.perturbation.project_max=-1"], "analysis.perturbation.project_max"),
+    (["analysis.perturbation.project_max=1e3"], "analysis.perturbation.project_max"),
+    (["analysis.identity.images=1.5"], "analysis.identity.images"),
+    (["analysis.identity.epsilon=0"], "analysis.identity.epsilon"),
+    (["analysis.noise.images=-1"], "analysis.noise.images"),
+    (["analysis.noise.sigmas=0.1"], "analysis.noise.sigmas"),
+    (["analysis.solver.dense_max=0"], "analysis.solver.dense_max"),
+    (["analysis.solver.dense_max=1e3"], "analysis.solver.dense_max"),
+    (["analysis.solver.slq_probes=1"], "analysis.solver.slq_probes"),  # no error bars
+    (["analysis.solver.slq_steps=1"], "analysis.solver.slq_steps"),
+    (["analysis.solver.lanczos_tol=0"], "analysis.solver.lanczos_tol"),
+    (["analysis.solver.lanczos_tol=1"], "analysis.solver.lanczos_tol"),
+    (["analysis.solver.max_matvecs=0"], "analysis.solver.max_matvecs"),
+    (["analysis.solver.count_max_gflop=0"], "analysis.solver.count_max_gflop"),
+    (["analysis.solver.count_max_gflop=lots"], "analysis.solver.count_max_gflop"),
+    (["analysis.solver.shift_invert_max=-1"], "analysis.solver.shift_invert_max"),
+    (["analysis.solver.grid_shift_invert_max=-1"], "analysis.solver.grid_shift_invert_max"),
+    (["+analysis.solver.probes=4"], "analysis.solver"),  # an unknown key: not forwarded
+    # more probe images than the test split (digits: 540) holds, for the callbacks that use them
+    (["callbacks=spectrum", "analysis.images=100000"], "analysis.images"),
+    (["callbacks=perturbation", "analysis.images=541"], "analysis.images"),
     # top-level keys
     (["seed=abc"], "seed"),
     (["seed=-1"], "seed"),
@@ -203,6 +248,43 @@ CASES: list[tuple[list[str], str]] = [
     ([*MLP, "model.init=xavier"], "model.init"),
 ]
 
+# resnet-dyn-analyze (conf/analyze.yaml): run as the command does (analyze), which checks every
+# key before it analyses anything; the analysis group is the same as above, a few for the path.
+ANALYZE_CASES: list[tuple[list[str], str]] = [
+    (["checkpoint.path=missing.ckpt"], "checkpoint.path"),
+    (["checkpoint.path=''"], "checkpoint.path"),
+    (["checkpoint.format=onnx"], "checkpoint.format"),
+    (["device=tpu"], "device"),
+    (["device=cuda:99"], "device"),  # no such device (none at all on a CPU machine)
+    (["task_name=''"], "task_name"),
+    (["seed=-1"], "seed"),
+    (["tags=analyze"], "tags"),
+    (["analysis.tol=1.5"], "analysis.tol"),
+    (["analysis.units=[9]"], "analysis.units"),
+    (["analysis.solver.dense_max=0"], "analysis.solver.dense_max"),
+    (["analysis.perturbation.project_max=-1"], "analysis.perturbation.project_max"),
+]
+
+# hydra/launcher=slurm and slurm_cpu (conf/hydra/launcher/), and joblib's n_jobs and prefer:
+# checked when a sweep starts (config.hydra_callbacks.CheckLauncher), before any job runs.
+SLURM = ["hydra/launcher=slurm"]
+LAUNCHER_CASES: list[tuple[list[str], str]] = [
+    ([*SLURM, "hydra.launcher.partition=''"], "hydra.launcher.partition"),
+    ([*SLURM, "hydra.launcher.timeout_min=0"], "hydra.launcher.timeout_min"),
+    ([*SLURM, "hydra.launcher.nodes=0"], "hydra.launcher.nodes"),
+    ([*SLURM, "hydra.launcher.tasks_per_node=0"], "hydra.launcher.tasks_per_node"),
+    ([*SLURM, "hydra.launcher.gpus_per_node=-1"], "hydra.launcher.gpus_per_node"),
+    ([*SLURM, "hydra.launcher.cpus_per_task=0"], "hydra.launcher.cpus_per_task"),
+    ([*SLURM, "hydra.launcher.mem_gb=0"], "hydra.launcher.mem_gb"),
+    ([*SLURM, "hydra.launcher.array_parallelism=0"], "hydra.launcher.array_parallelism"),
+    ([*SLURM, "hydra.launcher.max_num_timeout=-1"], "hydra.launcher.max_num_timeout"),
+    ([*SLURM, "hydra.launcher.setup=['']"], "hydra.launcher.setup"),
+    ([*SLURM, "hydra.launcher.submitit_folder=''"], "hydra.launcher.submitit_folder"),
+    (["hydra/launcher=slurm_cpu", "hydra.launcher.mem_gb=-2"], "hydra.launcher.mem_gb"),
+    (["hydra/launcher=joblib", "hydra.launcher.n_jobs=0"], "hydra.launcher.n_jobs"),
+    (["hydra/launcher=joblib", "hydra.launcher.prefer=forks"], "hydra.launcher.prefer"),
+]
+
 # Keys with no invalid value to test here, and why.
 EXEMPT = {
     "data.data_dir": "any path; a missing dataset is its own one-line error (test_data.py)",
@@ -243,6 +325,50 @@ def test_a_bad_value_is_one_line_naming_the_key(overrides, key, tmp_path):
     assert "\n" not in message
 
 
+@pytest.mark.parametrize(
+    "overrides, key", ANALYZE_CASES, ids=[" ".join(o) for o, _ in ANALYZE_CASES]
+)
+def test_a_bad_analyze_value_is_one_line_naming_the_key(overrides, key, tmp_path):
+    cfg = compose_config("analyze", [*overrides, "model.depth=8", "logger=none"], tmp_path)
+    with pytest.raises(UserError) as info:
+        analyze(cfg)
+    message = str(info.value)
+    assert message.startswith(f"{key}:"), message
+    assert "\n" not in message
+    # Refused before anything was analysed: no spectra, no figures.
+    assert not (tmp_path / "analysis").exists()
+
+
+def _launcher(overrides: list[str]):
+    GlobalHydra.instance().clear()
+    with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
+        return compose("train", overrides=overrides, return_hydra_config=True).hydra.launcher
+
+
+@pytest.mark.parametrize(
+    "overrides, key", LAUNCHER_CASES, ids=[" ".join(o) for o, _ in LAUNCHER_CASES]
+)
+def test_a_bad_launcher_value_is_one_line_naming_the_key(overrides, key):
+    with pytest.raises(UserError) as info:
+        check_launcher(_launcher(overrides))
+    message = str(info.value)
+    assert message.startswith(f"{key}:"), message
+    assert "\n" not in message
+
+
+def test_sbatch_options_with_dashes_are_one_line():
+    # Written in a launcher yaml (an override cannot spell a key that starts with dashes).
+    launcher = _launcher(SLURM)
+    launcher.additional_parameters = {"--mail-type": "END"}
+    with pytest.raises(UserError, match=r"^hydra.launcher.additional_parameters: expected"):
+        check_launcher(launcher)
+
+
+@pytest.mark.parametrize("launcher", ["slurm", "slurm_cpu", "joblib", "basic"])
+def test_the_shipped_launchers_pass_their_check(launcher):
+    check_launcher(_launcher([f"hydra/launcher={launcher}"]))
+
+
 def _leaf_keys(node: object, prefix: str) -> set[str]:
     if not isinstance(node, dict):
         return {prefix}
@@ -255,16 +381,23 @@ def _leaf_keys(node: object, prefix: str) -> set[str]:
 
 
 def test_every_key_has_a_bad_value_case():
-    """Every key a user can set: the groups' keys and the top-level keys of train.yaml."""
+    """Every key a user can set: the groups' keys, the top-level keys of train.yaml, every
+    key of analyze.yaml and the launcher settings of conf/hydra/launcher/."""
     keys: set[str] = set()
     groups = ("model", "data", "optim", "analysis", "trainer", "logger", "callbacks", "paths")
+    groups += ("hydra/launcher",)
     for group in groups:
         for path in (CONF / group).glob("*.yaml"):
-            keys |= _leaf_keys(yaml.safe_load(path.read_text()) or {}, group)
+            prefix = group.replace("/", ".")
+            keys |= _leaf_keys(yaml.safe_load(path.read_text()) or {}, prefix)
     top = yaml.safe_load((CONF / "train.yaml").read_text())
     keys |= {k for k in top if k != "defaults"}
-    assert {"seed", "trainer.max_epochs", "callbacks.lagzi.threshold"} <= keys
-    tested = {key for _, key in CASES}
+    analyze_keys = yaml.safe_load((CONF / "analyze.yaml").read_text())
+    keys |= {k.lstrip(".") for k in _leaf_keys(analyze_keys, "")}
+    expected = {"seed", "trainer.max_epochs", "callbacks.lagzi.threshold", "checkpoint.format",
+                "device", "analysis.solver.dense_max", "hydra.launcher.timeout_min"}  # fmt: skip
+    assert expected <= keys
+    tested = {key for _, key in CASES + ANALYZE_CASES + LAUNCHER_CASES}
     exempt = {k for k in keys if k in EXEMPT or k.rsplit(".", 1)[0] + ".*" in EXEMPT}
     missing = sorted(k for k in keys - tested - exempt if not k.startswith("data.seed"))
     assert not missing, f"keys with no bad-value case: {missing}"
@@ -286,3 +419,66 @@ def test_the_cli_prints_one_line_and_exits_2(override, key, tmp_path):
     assert len(errors) == 1 and key in errors[0], result.stderr[-2000:]
     assert "Traceback" not in result.stderr
     assert not (tmp_path / "outputs").exists() or not list((tmp_path / "outputs").rglob("*.ckpt"))
+
+
+@pytest.mark.parametrize(
+    "override, key",
+    [
+        ("analysis.tol=1.5", "analysis.tol"),  # checked as the job is built
+        ("analysis.images=100000", "analysis.images"),  # checked against the test split
+    ],
+)
+def test_a_bad_analysis_value_stops_the_cli_before_training(override, key, tmp_path):
+    job = tmp_path / "job"
+    args = [override, "callbacks=all_analyses", "logger=none", f"hydra.run.dir={job}"]
+    result = run_cli(args, cwd=tmp_path)
+    assert result.returncode == 2, result.stderr[-2000:]
+    errors = [line for line in result.stderr.splitlines() if line.startswith("error:")]
+    assert len(errors) == 1, result.stderr[-2000:]
+    value = override.split("=", 1)[1]
+    assert errors[0].startswith(f"error: {key}: expected ") and errors[0].endswith(f"got {value}")
+    assert "Traceback" not in result.stderr
+    # Nothing trained, analysed or checkpointed; at most Hydra's config and the failed summary.
+    for written in ("checkpoints", "analysis", "csv", "wandb"):
+        assert not (job / written).exists(), written
+    assert not list(tmp_path.rglob("*.ckpt"))
+
+
+def test_one_unit_index_is_one_unit_end_to_end(tmp_path):
+    """``analysis.units=3`` (no list) reads as [3] in every analysis that takes units."""
+    job = tmp_path / "job"
+    args = ["analysis.units=3", "analysis.histogram.units=3", "analysis.intervention.units=3",
+            "analysis.intervention.skip_scale=0.5", "analysis.perturbation.project=true",
+            "callbacks=all_analyses", "analysis.images=1", "analysis.maps=[sum]",
+            "analysis.identity.images=8", "debug=fast_dev_run", "logger=none",
+            f"hydra.run.dir={job}"]  # fmt: skip
+    result = run_cli(args, cwd=tmp_path)
+    assert result.returncode == 0, result.stderr[-3000:]
+    summary = json.loads((job / "summary.json").read_text())
+    assert summary["status"] == "completed"
+    analysis = summary["analysis"]
+    assert [u["index"] for u in analysis["units"]] == [3]
+    assert analysis["intervention"]["units"] == [3]
+    assert analysis["perturbation"]["projection"]["units"] == [3]
+    assert (job / "analysis" / "spectra_epoch001.npz").is_file()
+
+
+@pytest.mark.parametrize(
+    "overrides, key",
+    [
+        (
+            ["hydra/launcher=slurm_cpu", "hydra.launcher.timeout_min=0"],
+            "hydra.launcher.timeout_min",
+        ),
+        (["hydra/launcher=joblib", "hydra.launcher.n_jobs=0"], "hydra.launcher.n_jobs"),
+    ],
+)
+def test_a_bad_launcher_value_stops_the_sweep_before_any_job(overrides, key, tmp_path):
+    sweep = tmp_path / "sweep"
+    args = ["-m", *overrides, "model.depth=8,14", "logger=none", f"hydra.sweep.dir={sweep}"]
+    result = run_cli(args, cwd=tmp_path)
+    assert result.returncode == 2, result.stderr[-2000:]
+    errors = [line for line in result.stderr.splitlines() if line.startswith("error:")]
+    assert len(errors) == 1 and errors[0].startswith(f"error: {key}: expected"), result.stderr
+    assert "Traceback" not in result.stderr
+    assert not sweep.exists()  # no job folder, nothing submitted

@@ -13,7 +13,7 @@ import lightning as L
 import torch
 from omegaconf import DictConfig, OmegaConf
 
-from resnet_dyn.analysis.checkpoints import load_model
+from resnet_dyn.analysis.checkpoints import FORMATS, load_model
 from resnet_dyn.analysis.run import (
     check_analysis,
     identity_run,
@@ -29,11 +29,38 @@ from resnet_dyn.analysis.run import (
 )
 from resnet_dyn.config.build import build
 from resnet_dyn.config.checks import check_job_config, check_perturbation
-from resnet_dyn.errors import ConfigError
+from resnet_dyn.errors import ConfigError, check_choice
 from resnet_dyn.files import write_json_atomic
 from resnet_dyn.logs.wandb_run import finish_wandb, start_wandb
 from resnet_dyn.models import ResidualNet
 from resnet_dyn.progress import unit_progress
+
+
+def check_checkpoint(ck: DictConfig) -> None:
+    """``checkpoint.*``, before any data is loaded (a missing or unreadable file is
+    :func:`~resnet_dyn.analysis.checkpoints.read_checkpoint`'s own one-line error)."""
+    path = ck.path
+    if path is not None and not (isinstance(path, str) and path):
+        raise ConfigError("checkpoint.path", "a file path or null", path)
+    check_choice("checkpoint.format", ck.format, FORMATS)
+
+
+def check_device(name: Any) -> torch.device:
+    """``device`` as a torch device that exists here, else a one-line error."""
+    expected = "cpu, cuda or cuda:<index>"
+    try:
+        device = torch.device(name)
+    except (RuntimeError, TypeError):
+        raise ConfigError("device", expected, name) from None
+    if device.type not in ("cpu", "cuda"):
+        raise ConfigError("device", expected, name)
+    if device.type == "cuda":
+        count = torch.cuda.device_count() if torch.cuda.is_available() else 0
+        if count == 0:
+            raise ConfigError("device", "cpu (no CUDA device is available here)", name)
+        if device.index is not None and device.index >= count:
+            raise ConfigError("device", f"cpu, cuda or cuda:<index in 0..{count - 1}>", name)
+    return device
 
 
 def load_network(cfg: DictConfig, input_shape: tuple, num_classes: int) -> tuple[ResidualNet, int]:
@@ -65,10 +92,8 @@ def analyze(cfg: DictConfig) -> dict[str, Any]:
     }
     try:
         check_job_config(cfg)
-        try:
-            device = torch.device(cfg.device)
-        except (RuntimeError, TypeError):
-            raise ConfigError("device", "cpu, cuda or cuda:<index>", cfg.device) from None
+        check_checkpoint(cfg.checkpoint)
+        device = check_device(cfg.device)
         L.seed_everything(cfg.seed, verbose=False)
         datamodule = build(cfg.data)
         net, epoch = load_network(cfg, datamodule.input_shape, datamodule.num_classes)

@@ -38,13 +38,21 @@ def check_analysis(acfg: DictConfig, net: ResidualNet) -> dict[str, Any]:
     return check_analysis_config(acfg, len(net.units))
 
 
+def check_probe(datamodule: Any, n: Any, key: str = "analysis.images") -> int:
+    """``n`` if the test split of ``datamodule`` (set up) holds that many images, else an
+    error naming ``key``."""
+    available = len(datamodule.test_set)
+    if not isinstance(n, int) or isinstance(n, bool) or not 1 <= n <= available:
+        raise ConfigError(key, f"a number of images in 1..{available} (the test split)", n)
+    return n
+
+
 def probe(
     datamodule: Any, n: int, key: str, clamp: bool = False
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """The first ``n`` test images (at most all when ``clamp``), or an error naming ``key``."""
     available = len(datamodule.test_set)
-    if not isinstance(n, int) or n < 1 or (n > available and not clamp):
-        raise ConfigError(key, f"a number of images in 1..{available} (the test split)", n)
+    check_probe(datamodule, min(n, available) if clamp and isinstance(n, int) else n, key)
     return datamodule.probe_batch(min(n, available))
 
 
@@ -68,8 +76,9 @@ def perturbation_run(
     moves nothing), ``images`` and ``figure`` (``perturbation_<tag>.png`` in ``out_dir``).
     With ``settings["project"]``, ``projection`` holds the shares of both perturbations on
     the expanding, neutral and contracting directions of each of ``units`` whose unit map
-    has at most ``PROJECT_MAX`` dimensions (a dense SVD each; larger ones are listed under
-    ``projection["skipped"]``), for singular values within ``tol`` of 1 counted as neutral.
+    has at most ``settings["project_max"]`` dimensions (default ``PROJECT_MAX``; a dense SVD
+    each; larger ones are listed under ``projection["skipped"]``), for singular values
+    within ``tol`` of 1 counted as neutral. ``units``: "all", one index or a list of them.
     """
     from resnet_dyn.dynamics.perturbation import perturbation_analysis, to_pixels
 
@@ -78,12 +87,14 @@ def perturbation_run(
     mean, std = datamodule.mean, datamodule.std
     settings = dict(settings)
     project, skipped = [], []
+    project_max = settings.pop("project_max", PROJECT_MAX)
     if settings.pop("project", False):
         with torch.no_grad():
             sizes = [s[0].numel() for s in net.unit_inputs(x[:1].to(device))]
-        chosen = range(len(net.units)) if units == "all" else units
+        chosen = [units] if isinstance(units, int) else units
+        chosen = range(len(net.units)) if chosen == "all" else chosen
         for k in chosen:
-            (project if min(sizes[k], sizes[k + 1]) <= PROJECT_MAX else skipped).append(k)
+            (project if min(sizes[k], sizes[k + 1]) <= project_max else skipped).append(k)
     result = perturbation_analysis(
         net, to_pixels(x, mean, std).to(device), labels.to(device), mean, std, **settings,
         project_units=project, tol=tol,
@@ -101,7 +112,9 @@ def perturbation_run(
     }
 
 
-PROJECT_MAX = 4096  # dimensions of a unit map up to which perturbations are projected
+# Default of analysis.perturbation.project_max: dimensions of a unit map up to which
+# perturbations are projected (a dense SVD of its Jacobian each).
+PROJECT_MAX = 4096
 
 PERTURBATION_SCALARS = (
     "clean_accuracy", "attacked_accuracy", "random_accuracy", "perturbation_l2", "final_ratio",
@@ -200,6 +213,8 @@ def spectrum_analysis(
     a = check_analysis(acfg, net)
     start = time.time()
     options = {"method": a["method"], "tol": a["tol"], "top_k": a["top_k"], "dtype": a["dtype"]}
+    # analysis.solver: map_spectrum's sizes and budgets, for unit and stage maps alike.
+    options |= a["solver"]
     unit_maps = [m for m in a["maps"] if m != "stage"]
     progress = (lambda done, total: advance(f"{done}/{total}")) if advance else None
     results: list[dict] = []

@@ -38,7 +38,9 @@ def check_units(key: str, units: Any, n: int, *, allow_all: bool = True) -> None
             raise ConfigError(key, f"unit indices in [0, {n - 1}]", k)
 
 
-PERTURBATION_KEYS = ("attack", "eps", "steps", "step_size", "random_kind", "seed", "project")
+PERTURBATION_KEYS = (
+    "attack", "eps", "steps", "step_size", "random_kind", "seed", "project", "project_max",
+)  # fmt: skip
 
 
 def check_perturbation(node: DictConfig | dict) -> dict[str, Any]:
@@ -58,7 +60,56 @@ def check_perturbation(node: DictConfig | dict) -> dict[str, Any]:
     check_choice(f"{key}.random_kind", p.get("random_kind", "gaussian"), RANDOM_KINDS)
     check_int(f"{key}.seed", p.get("seed", 0), 0)
     check_bool(f"{key}.project", p.get("project", False))
+    # 0 is meaningful: every unit listed as skipped, none projected.
+    check_int(f"{key}.project_max", p.get("project_max", 4096), 0)
     return p
+
+
+# analysis.solver key -> map_spectrum keyword, with the smallest value that means something
+# (0 for the two shift-invert sizes: no map is factored, block Lanczos takes sigma_min).
+SOLVER_KEYS: dict[str, tuple[str, int]] = {
+    "dense_max": ("dense_max", 1),
+    "slq_probes": ("probes", 2),  # error bars need two
+    "slq_steps": ("steps", 2),  # one node per probe leaves every fraction unresolved
+    "max_matvecs": ("max_matvecs", 1),
+    "shift_invert_max": ("shift_invert_max", 0),
+    "grid_shift_invert_max": ("grid_shift_invert_max", 0),
+}
+
+
+def check_tol(key: str, tol: Any) -> float:
+    """``tol`` in (0, 0.5]: the zero band [0, tol) and the one band (1 - tol, 1 + tol) must
+    not overlap, else a singular value counts twice and the fractions sum above 1."""
+    if not (_number(tol) and 0 < tol <= 0.5):
+        raise ConfigError(
+            key, "a number in (0, 0.5] (|sigma - 1| < tol is one, sigma < tol zero)", tol
+        )
+    return tol
+
+
+def check_solver(node: DictConfig | dict) -> dict[str, Any]:
+    """The ``analysis.solver`` keys, checked, as keyword arguments of
+    :func:`~resnet_dyn.dynamics.analyze.map_spectrum` (keys left out take its defaults)."""
+    key = "analysis.solver"
+    s = OmegaConf.to_container(node, resolve=True) if isinstance(node, DictConfig) else dict(node)
+    known = (*SOLVER_KEYS, "lanczos_tol", "count_max_gflop")
+    unknown = sorted(set(s) - set(known))
+    if unknown:
+        raise ConfigError(key, f"keys among {list(known)}", unknown)
+    options: dict[str, Any] = {}
+    for name, (keyword, minimum) in SOLVER_KEYS.items():
+        if name in s:
+            options[keyword] = check_int(f"{key}.{name}", s[name], minimum)
+    if "lanczos_tol" in s:
+        # A relative residual: 1 or more accepts any Ritz value, converged or not.
+        if not (_number(s["lanczos_tol"]) and 0 < s["lanczos_tol"] < 1):
+            raise ConfigError(f"{key}.lanczos_tol", "a number in (0, 1)", s["lanczos_tol"])
+        options["lanczos_tol"] = float(s["lanczos_tol"])
+    if "count_max_gflop" in s:
+        options["count_max_gflop"] = float(
+            check_positive(f"{key}.count_max_gflop", s["count_max_gflop"])
+        )
+    return options
 
 
 def check_analysis_config(acfg: DictConfig | dict, num_units: int) -> dict[str, Any]:
@@ -70,7 +121,7 @@ def check_analysis_config(acfg: DictConfig | dict, num_units: int) -> dict[str, 
     if not isinstance(maps, list) or not maps or any(m not in MAPS for m in maps):
         raise ConfigError("analysis.maps", f"a non-empty list drawn from {list(MAPS)}", a["maps"])
     check_choice("analysis.method", a["method"], METHODS)
-    check_positive("analysis.tol", a["tol"])
+    check_tol("analysis.tol", a["tol"])
     check_int("analysis.top_k", a["top_k"], 1)
     check_choice("analysis.dtype", a["dtype"], tuple(DTYPES))
     hist = a["histogram"]
@@ -84,16 +135,27 @@ def check_analysis_config(acfg: DictConfig | dict, num_units: int) -> dict[str, 
     check_positive("analysis.intervention.weight_scale", iv["weight_scale"], optional=True)
     if iv["units"] is not None:
         check_units("analysis.intervention.units", iv["units"], num_units, allow_all=False)
-    check_perturbation(a["perturbation"])
+    perturbation = check_perturbation(a["perturbation"])
+    solver = check_solver(a.get("solver") or {})
     check_int("analysis.identity.images", a["identity"]["images"], 1)
     check_positive("analysis.identity.epsilon", a["identity"]["epsilon"])
     check_int("analysis.noise.images", a["noise"]["images"], 1)
     sigmas = a["noise"]["sigmas"]
     if not isinstance(sigmas, list) or not sigmas or not all(_number(s) and s >= 0 for s in sigmas):
         raise ConfigError("analysis.noise.sigmas", "a non-empty list of numbers >= 0", sigmas)
+    # One index is one unit everywhere: the analyses and the progress bars take lists.
     units = [a["units"]] if isinstance(a["units"], int) else a["units"]
     counted = [hist["units"]] if isinstance(hist["units"], int) else hist["units"]
-    return {**a, "maps": maps, "units": units, "histogram": {**hist, "units": counted}}
+    changed = [iv["units"]] if isinstance(iv["units"], int) else iv["units"]
+    return {
+        **a,
+        "maps": maps,
+        "units": units,
+        "histogram": {**hist, "units": counted},
+        "intervention": {**iv, "units": changed},
+        "perturbation": perturbation,
+        "solver": solver,
+    }
 
 
 # What the training module logs, and so what a checkpoint can be chosen by.
@@ -181,3 +243,50 @@ def check_job_config(cfg: DictConfig) -> None:
         check_choice(
             "callbacks.lr_monitor.logging_interval", lr.logging_interval, ("step", "epoch")
         )
+
+
+# hydra/launcher=slurm, slurm_cpu (conf/hydra/launcher/): key -> smallest value. The plugin's
+# dataclass already refuses wrong types (a string for an int), not out-of-range numbers, which
+# SLURM would otherwise refuse only at submission, or take (timeout_min=0: no time limit).
+SLURM_MINIMUMS = {
+    "timeout_min": 1,
+    "nodes": 1,
+    "tasks_per_node": 1,
+    "gpus_per_node": 0,
+    "cpus_per_task": 1,
+    "mem_gb": 1,
+    "array_parallelism": 1,
+    "max_num_timeout": 0,
+}
+# null: no flag, the cluster's default
+SLURM_OPTIONAL = ("gpus_per_node", "cpus_per_task", "mem_gb")
+
+
+def check_launcher(launcher: DictConfig | dict) -> None:
+    """The ``hydra.launcher.*`` keys of a sweep, before any job is launched: those of
+    ``conf/hydra/launcher/`` (submitit's SLURM launcher) and joblib's ``n_jobs``, ``prefer``."""
+    key = "hydra.launcher"
+    # Unresolved: ${hydra.sweep.dir} and ${hydra.job.name} are the launcher's to fill in.
+    node = OmegaConf.to_container(launcher) if OmegaConf.is_config(launcher) else dict(launcher)
+    target = str(node.get("_target_", ""))
+    if target.endswith("SlurmLauncher"):
+        for name, minimum in SLURM_MINIMUMS.items():
+            if not (name in SLURM_OPTIONAL and node.get(name) is None):
+                check_int(f"{key}.{name}", node.get(name), minimum)
+        _string(f"{key}.partition", node.get("partition"), optional=True)
+        setup = node.get("setup") or []
+        if not isinstance(setup, list) or not all(isinstance(s, str) and s.strip() for s in setup):
+            raise ConfigError(f"{key}.setup", "a list of shell lines (non-empty strings)", setup)
+        extra = node.get("additional_parameters") or {}
+        dashed = [k for k in extra if str(k).startswith("-")]
+        if dashed:
+            raise ConfigError(
+                f"{key}.additional_parameters", "sbatch options without the leading dashes", dashed
+            )
+        _string(f"{key}.submitit_folder", node.get("submitit_folder"))
+    elif target.endswith("JoblibLauncher"):
+        n_jobs = node.get("n_jobs", -1)
+        if n_jobs is not None and (check_int(f"{key}.n_jobs", n_jobs) == 0):
+            # joblib: -1 all cores, -2 all but one, ...; 0 is no number of processes.
+            raise ConfigError(f"{key}.n_jobs", "a number of processes >= 1, or -1 (all cores)", 0)
+        check_choice(f"{key}.prefer", node.get("prefer", "processes"), ("processes", "threads"))

@@ -52,3 +52,17 @@ class CheckOutputDir(Callback):
             check_output_dir(key, folder)
         except UserError as exc:
             exit_for_user_error(exc, multirun=False)
+
+
+class CheckLauncher(Callback):
+    """Stop a sweep with one line (exit 2) when a ``hydra.launcher.*`` key is out of range
+    (:func:`~resnet_dyn.config.checks.check_launcher`), before any job is launched or
+    submitted to SLURM."""
+
+    def on_multirun_start(self, config: DictConfig, **kwargs: Any) -> None:
+        from resnet_dyn.config.checks import check_launcher
+
+        try:
+            check_launcher(config.hydra.launcher)
+        except UserError as exc:
+            exit_for_user_error(exc, multirun=False)

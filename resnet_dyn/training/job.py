@@ -111,6 +111,11 @@ def build_job(cfg: DictConfig) -> Job:
         for name, node in cfg.callbacks.items()
         if node is not None
     ]
+    # Probe images beyond the test split: refused here, before any logger or job file starts
+    # (loading the split now costs nothing more: the datamodule keeps it for fit).
+    for callback in callbacks:
+        if hasattr(callback, "check_data"):
+            callback.check_data(datamodule)
     last = Path(cfg.paths.output_dir) / "checkpoints" / "last.ckpt"
     trainer: L.Trainer = build(
         cfg.trainer,

@@ -76,7 +76,9 @@ class IdentityCallback(L.Callback):
     def _run(
         self, trainer: L.Trainer, pl_module: L.LightningModule, epoch: int, figure: bool
     ) -> None:
-        images, _ = trainer.datamodule.probe_batch(self.images)
+        # At most the whole test split, as resnet-dyn-analyze does (identity_run).
+        dm = trainer.datamodule
+        images, _ = dm.probe_batch(min(self.images, len(dm.test_set)))
         with evaluating(pl_module.net) as net:
             m = identity_magnitudes(net, images.to(pl_module.device))
         below = m["scaled_mean"] < self.epsilon

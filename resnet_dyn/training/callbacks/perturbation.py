@@ -18,8 +18,13 @@ from typing import Any
 import lightning as L
 from omegaconf import DictConfig
 
-from resnet_dyn.analysis.run import perturbation_charts, perturbation_run, perturbation_scalars
-from resnet_dyn.config.checks import check_perturbation
+from resnet_dyn.analysis.run import (
+    check_probe,
+    perturbation_charts,
+    perturbation_run,
+    perturbation_scalars,
+)
+from resnet_dyn.config.checks import check_perturbation, check_tol, check_units
 from resnet_dyn.errors import check_int
 from resnet_dyn.training.callbacks.base import evaluating, is_last_epoch, log_results
 
@@ -47,8 +52,10 @@ class PerturbationCallback(L.Callback):
         tol: float = 1e-3,
     ) -> None:
         self.settings = check_perturbation(perturbation)
-        self.units = list(units) if not isinstance(units, str) else units
-        self.tol = tol
+        # One index is one unit, as for the spectrum ("all", 3 or [3, 5]).
+        self.units = [units] if isinstance(units, int) else units
+        self.units = list(self.units) if not isinstance(self.units, str) else self.units
+        self.tol = check_tol("analysis.tol", tol)
         self.images = check_int("analysis.images", images, 1)
         self.every_n_epochs = check_int("callbacks.perturbation.every_n_epochs", every_n_epochs, 0)
         self.out_dir = Path(output_dir) / "analysis"
@@ -57,6 +64,17 @@ class PerturbationCallback(L.Callback):
     def analysis_summary(self) -> dict[str, Any]:
         """``{"perturbation": {...}}``: the last result, for the job's summary.json."""
         return {"perturbation": self.summary} if self.summary else {}
+
+    def setup(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
+        # Fail before training, not after it: the units exist, the test split holds the
+        # probe images (the datamodule is set up before the callbacks).
+        check_units("analysis.units", self.units, len(pl_module.net.units))
+        if stage == "fit" and trainer.datamodule is not None:
+            self.check_data(trainer.datamodule)
+
+    def check_data(self, datamodule: L.LightningDataModule) -> None:
+        """Whether the test split of ``datamodule`` holds the probe images (one-line error)."""
+        check_probe(datamodule, self.images)
 
     def on_train_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         epoch = trainer.current_epoch + 1

@@ -18,6 +18,7 @@ from omegaconf import DictConfig
 
 from resnet_dyn.analysis.run import (
     check_analysis,
+    check_probe,
     intervened,
     spectrum_analysis,
     spectrum_scalars,
@@ -48,7 +49,15 @@ class SpectrumCallback(L.Callback):
         return self.summary or {}
 
     def setup(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
-        check_analysis(self.analysis, pl_module.net)  # fail before training, not after it
+        # Fail before training, not after it: the keys, and the probe images the test split
+        # holds (the datamodule is set up before the callbacks).
+        check_analysis(self.analysis, pl_module.net)
+        if stage == "fit" and trainer.datamodule is not None:
+            self.check_data(trainer.datamodule)
+
+    def check_data(self, datamodule: L.LightningDataModule) -> None:
+        """Whether the test split of ``datamodule`` holds the probe images (one-line error)."""
+        check_probe(datamodule, self.analysis.images)
 
     def on_train_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         epoch = trainer.current_epoch + 1
@@ -63,10 +72,13 @@ class SpectrumCallback(L.Callback):
     def _run(self, trainer: L.Trainer, pl_module: L.LightningModule, epoch: int) -> None:
         images, labels = trainer.datamodule.probe_batch(self.analysis.images)
         with evaluating(pl_module.net) as trained:
+            # The checked options: one unit index, or one map name, reads as a list of one.
+            a = check_analysis(self.analysis, trained)
             # A copy with analysis.intervention applied, if one is set; else the model itself.
-            net = intervened(trained, check_analysis(self.analysis, trained)["intervention"])
-            n = len(net.units) if self.analysis.units == "all" else len(self.analysis.units)
-            n += net.num_stages if "stage" in self.analysis.maps else 0
+            net = intervened(trained, a["intervention"])
+            n = len(net.units) if a["units"] == "all" else len(a["units"])
+            n = n * any(m != "stage" for m in a["maps"])
+            n += net.num_stages if "stage" in a["maps"] else 0
             with unit_progress(n, "spectra", trainer) as advance:
                 result = spectrum_analysis(
                     net,
