@@ -88,7 +88,8 @@ def perturbation_run(
     settings = dict(settings)
     project, skipped = [], []
     project_max = settings.pop("project_max", PROJECT_MAX)
-    if settings.pop("project", False):
+    asked = settings.pop("project", False)
+    if asked:
         with torch.no_grad():
             sizes = [s[0].numel() for s in net.unit_inputs(x[:1].to(device))]
         chosen = [units] if isinstance(units, int) else units
@@ -99,8 +100,10 @@ def perturbation_run(
         net, to_pixels(x, mean, std).to(device), labels.to(device), mean, std, **settings,
         project_units=project, tol=tol,
     )  # fmt: skip
-    if "projection" in result:
-        result["projection"]["skipped"] = skipped
+    if asked:
+        # Every unit too large (project_max): still say so, rather than drop the section.
+        empty = {"map": "unit", "tol": tol, "units": [], "adversarial": {}, "random": {}}
+        result.setdefault("projection", empty)["skipped"] = skipped
     adv, rnd = result["adversarial_rel"][-1], result["random_rel"][-1]
     title = f"{result['attack']}, eps {result['eps']:.4g}, {len(labels)} images, {tag}"
     figure = perturbation_growth(result, out_dir / f"perturbation_{tag}.png", title)
