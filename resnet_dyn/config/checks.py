@@ -113,7 +113,10 @@ def check_solver(node: DictConfig | dict) -> dict[str, Any]:
 
 
 def check_analysis_config(acfg: DictConfig | dict, num_units: int) -> dict[str, Any]:
-    """Every ``analysis.*`` key, for a network of ``num_units`` residual units."""
+    """Every ``analysis.*`` key, for a network of ``num_units`` residual units; returns the
+    options normalised: ``maps`` and every ``units`` as lists (one index is one unit),
+    ``perturbation`` checked, ``solver`` as :func:`~resnet_dyn.dynamics.analyze.map_spectrum`
+    keyword arguments (:func:`check_solver`)."""
     a = OmegaConf.to_container(acfg, resolve=True) if isinstance(acfg, DictConfig) else acfg
     check_int("analysis.images", a["images"], 1)
     check_units("analysis.units", a["units"], num_units)

@@ -39,7 +39,8 @@ class PerturbationCallback(L.Callback):
         output_dir: the job folder; figures go to ``<output_dir>/analysis``.
         every_n_epochs: also run after every n-th training epoch; 0: only at the end.
         units, tol: with ``analysis.perturbation.project``, the units whose directions the
-            perturbations are split over, and the width of the neutral band around 1.
+            perturbations are split over ("all", one index or a list), and the width of the
+            neutral band around 1 (in (0, 0.5], as ``analysis.tol``).
     """
 
     def __init__(
