@@ -17,7 +17,7 @@ from conftest import compose_config
 from omegaconf import OmegaConf
 
 import resnet_dyn.dynamics.analyze as dynamics_analyze
-from resnet_dyn.analysis.job import analyze
+from resnet_dyn.analysis.job import run_analysis_job
 from resnet_dyn.analysis.run import perturbation_run, spectrum_analysis
 from resnet_dyn.config.build import build
 from resnet_dyn.config.checks import check_perturbation
@@ -86,7 +86,7 @@ SOLVER_OVERRIDES = [f"analysis.solver.{k}={v}" for k, (v, _) in SOLVER.items()]
 def test_resnet_dyn_analyze_forwards_every_solver_key(monkeypatch, tmp_path):
     calls = _spy(monkeypatch)
     overrides = [*SMALL, *SOLVER_OVERRIDES, "analysis.units=[0]", "analysis.identity.images=8"]
-    summary = analyze(compose_config("analyze", overrides, tmp_path))
+    summary = run_analysis_job(compose_config("analyze", overrides, tmp_path))
     _forwarded(calls)
     # dense_max 512 < 1,024: counted, not a full spectrum
     assert summary["analysis"]["units"][0]["sum"]["method"].startswith("count")

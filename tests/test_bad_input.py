@@ -15,7 +15,7 @@ from conftest import CONF, compose_config, run_cli
 from hydra import compose, initialize_config_dir
 from hydra.core.global_hydra import GlobalHydra
 
-from resnet_dyn.analysis.job import analyze
+from resnet_dyn.analysis.job import run_analysis_job
 from resnet_dyn.config.checks import check_launcher
 from resnet_dyn.errors import UserError
 from resnet_dyn.training.job import build_job
@@ -248,8 +248,9 @@ CASES: list[tuple[list[str], str]] = [
     ([*MLP, "model.init=xavier"], "model.init"),
 ]
 
-# resnet-dyn-analyze (conf/analyze.yaml): run as the command does (analyze), which checks every
-# key before it analyses anything; the analysis group is the same as above, a few for the path.
+# resnet-dyn-analyze (conf/analyze.yaml): run as the command does (run_analysis_job), which
+# checks every key before it analyses anything; the analysis group is the same as above, a few
+# for the path.
 ANALYZE_CASES: list[tuple[list[str], str]] = [
     (["checkpoint.path=missing.ckpt"], "checkpoint.path"),
     (["checkpoint.path=''"], "checkpoint.path"),
@@ -331,7 +332,7 @@ def test_a_bad_value_is_one_line_naming_the_key(overrides, key, tmp_path):
 def test_a_bad_analyze_value_is_one_line_naming_the_key(overrides, key, tmp_path):
     cfg = compose_config("analyze", [*overrides, "model.depth=8", "logger=none"], tmp_path)
     with pytest.raises(UserError) as info:
-        analyze(cfg)
+        run_analysis_job(cfg)
     message = str(info.value)
     assert message.startswith(f"{key}:"), message
     assert "\n" not in message

@@ -1,6 +1,6 @@
 """One ``resnet-dyn-analyze`` job: load a network, run the configured analyses, log them.
 
-summary = analyze(cfg)   # cfg: the composed `analyze` config (see resnet_dyn.cli.analyze)
+summary = run_analysis_job(cfg)   # cfg: the composed `analyze` config (see resnet_dyn.cli.analyze)
 """
 
 from __future__ import annotations
@@ -82,7 +82,7 @@ def load_network(cfg: DictConfig, input_shape: tuple, num_classes: int) -> tuple
     return net, info.get("epoch") or 0
 
 
-def analyze(cfg: DictConfig) -> dict[str, Any]:
+def run_analysis_job(cfg: DictConfig) -> dict[str, Any]:
     """Load, analyse, log; always finish the W&B run and write summary.json."""
     start = time.time()
     job_dir = Path(cfg.paths.output_dir)

@@ -24,7 +24,7 @@ from hydra.core.hydra_config import HydraConfig
 from hydra.types import RunMode
 from omegaconf import DictConfig
 
-from resnet_dyn.analysis.job import analyze
+from resnet_dyn.analysis.job import run_analysis_job
 from resnet_dyn.cli import CONFIG_DIR
 from resnet_dyn.errors import UserError, exit_for_user_error
 
@@ -51,7 +51,7 @@ def _print_units(summary: dict[str, Any]) -> None:
 def main(cfg: DictConfig) -> None:
     multirun = HydraConfig.get().mode == RunMode.MULTIRUN
     try:
-        summary = analyze(cfg)
+        summary = run_analysis_job(cfg)
     except UserError as exc:
         exit_for_user_error(exc, multirun)
         return
