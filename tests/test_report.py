@@ -34,7 +34,7 @@ from resnet_dyn.report.units import (
     projection_figures,
     projection_stats,
     unit_figures,
-    unit_statistics,
+    unit_statistics_by_configuration,
 )
 
 NASTY_TAG = "<script>alert(1)</script>"
@@ -583,7 +583,7 @@ def test_unit_grid_and_projection_figures_drawn_with_their_data(tmp_path):
     sweep = load_sweep(tmp_path)
     label = "analysis.intervention.skip_scale=1.0, analysis.intervention.weight_scale=0.5"
     # per unit: mean and std over the two seeds
-    d = unit_statistics(sweep)[label][("sum", "frac_one")]
+    d = unit_statistics_by_configuration(sweep)[label][("sum", "frac_one")]
     seeds = [0.5 + shift[1.0, 0.5, s] + 0.1 * np.arange(4) for s in (0, 1)]
     assert d["index"] == [0, 1, 2, 3] and d["stage"] == [0, 0, 1, 1] and d["over"] == "seeds"
     assert d["mean"] == pytest.approx(np.mean(seeds, axis=0))
@@ -645,7 +645,7 @@ def test_unit_grid_and_projection_figures_absent_without_their_data(tmp_path):
     assert "summary_by_config" not in (bare / "report.html").read_text()
     sweep = load_sweep(units)
     assert alpha_beta_grid(sweep) == [] and projection_stats(sweep) == {}
-    d = unit_statistics(sweep)["model.depth=14"][("unit", "sigma_max")]
+    d = unit_statistics_by_configuration(sweep)["model.depth=14"][("unit", "sigma_max")]
     assert d["over"] == "images" and d["spread"] == [0.03] * 4  # one seed: std over images
     build_report(units)
     assert {p.name for p in units.glob("report_*.png")} == {"report_axis0.png", "report_units0.png"}

@@ -28,7 +28,7 @@ from resnet_dyn.files import write_bytes_atomic
 from resnet_dyn.logs.wandb_run import wandb_curves
 from resnet_dyn.models import ResidualNet
 from resnet_dyn.plots.dynamics import perturbation_growth
-from resnet_dyn.plots.spectra import sorted_spectra, spectrum_histograms, unit_statistics
+from resnet_dyn.plots.spectra import sorted_spectra, spectrum_histograms, unit_statistics_figure
 
 Advance = Callable[[str], None]
 
@@ -249,7 +249,7 @@ def spectrum_analysis(
     if results:
         units_title = f"per-unit statistics ({tag}; band: +- std over {len(images)} images)"
         figures.append(
-            unit_statistics(
+            unit_statistics_figure(
                 [strip(r) for r in results], out_dir / f"spectra_units_{tag}.png", units_title
             )
         )

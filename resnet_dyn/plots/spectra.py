@@ -121,7 +121,7 @@ def unit_curves(
 UNIT_STATS = ("frac_one", "frac_gt_one", "sigma_max")
 
 
-def unit_statistics(units: Sequence[Mapping], path: str | Path, title: str = "") -> Path:
+def unit_statistics_figure(units: Sequence[Mapping], path: str | Path, title: str = "") -> Path:
     """``frac_one``, ``frac_gt_one`` and ``sigma_max`` against the unit index, one line per
     map, with a band of +- one std over the probe images (``<stat>_std``): how much the
     spectra differ between images, and how they change with depth.

@@ -3,9 +3,9 @@ against the unit index, spectra and perturbations over a grid of skip scale alph
 scale beta, and the perturbations' shares on each unit's expanding, neutral and contracting
 directions. Each is drawn only where the sweep's summaries hold its data.
 
-    stats = unit_statistics(sweep)       # {configuration: {(map, stat): index, mean, spread}}
-    grid = alpha_beta_grid(sweep)        # [{label, x, lines: {beta: {column: line_stats}}}]
-    shares = projection_stats(sweep)     # {configuration: {units, n, adversarial, random}}
+    stats = unit_statistics_by_configuration(sweep)  # {configuration: {(map, stat): ...}}
+    grid = alpha_beta_grid(sweep)     # [{label, x, lines: {beta: {column: line_stats}}}]
+    shares = projection_stats(sweep)  # {configuration: {units, n, adversarial, random}}
 """
 
 from __future__ import annotations
@@ -62,7 +62,9 @@ def _units(job: Job) -> list[dict[str, Any]]:
     return [u for u in job.analysis.get("units") or [] if isinstance(u, dict) and "index" in u]
 
 
-def unit_statistics(sweep: Sweep) -> dict[str, dict[tuple[str, str], dict[str, Any]]]:
+def unit_statistics_by_configuration(
+    sweep: Sweep,
+) -> dict[str, dict[tuple[str, str], dict[str, Any]]]:
     """Per configuration (seeds together) and per (map, statistic) of :data:`UNIT_MAPS` x
     :data:`UNIT_STATS` that its jobs have: ``index`` and ``stage`` of the analysed units,
     ``mean`` over the seeds, ``spread`` and what it is over (``over``): the sample std over
@@ -106,7 +108,7 @@ def unit_figures(sweep: Sweep) -> list[Figure]:
     """``frac_one``, ``frac_gt_one`` and ``sigma_max`` of the sum and unit maps against the
     unit index, one line per configuration (mean over its seeds) with a band of the spread;
     MAX_LINES configurations per figure."""
-    data = unit_statistics(sweep)
+    data = unit_statistics_by_configuration(sweep)
     panels = [
         (m, s) for m in UNIT_MAPS for s in UNIT_STATS if any((m, s) in d for d in data.values())
     ]
