@@ -42,10 +42,23 @@ def test_perturbation_callback_curves_figure_and_wandb(tmp_path):
     assert (p["attack"], p["images"]) == ("fgsm", 16)
     for curve in ("adversarial_rel", "random_rel", "adversarial_abs", "random_abs"):
         assert len(p[curve]) == 3 + 1  # the input of each of the 3 units and the output
-    assert p["attacked_accuracy"] <= p["clean_accuracy"]
     assert p["final_ratio"] == pytest.approx(p["adversarial_rel"][-1] / p["random_rel"][-1])
     # The callback attacks the final model on the probe images in pixel space.
     net, dm, images, labels = final_model_and_probe(tmp_path, cfg, 16)
+    # Both accuracies by hand: FGSM is clip(pixels + eps sign(grad of the cross-entropy)) in
+    # [0, 1] pixels, the model seeing the normalised image.
+    mean, std = (torch.tensor(v).view(1, -1, 1, 1) for v in (dm.mean, dm.std))
+    pixels = (images * std + mean).requires_grad_(True)
+    loss = torch.nn.functional.cross_entropy(net((pixels - mean) / std), labels, reduction="sum")
+    (grad,) = torch.autograd.grad(loss, pixels)
+    attacked = (pixels + 0.0313725 * grad.sign()).clamp(0, 1).detach()
+    with torch.no_grad():
+        for key, x in (("clean_accuracy", images), ("attacked_accuracy", (attacked - mean) / std)):
+            assert p[key] == (net(x).argmax(1) == labels).double().mean().item(), key
+    assert p["attacked_accuracy"] <= p["clean_accuracy"]
+    # The attack's size (the accuracies alone miss a wrong eps on this barely trained model).
+    size = (attacked - pixels).detach().flatten(1).norm(dim=1).mean().item()
+    assert p["perturbation_l2"] == pytest.approx(size, rel=1e-5)
     pixels = to_pixels(images, dm.mean, dm.std)
     direct = perturbation_analysis(net, pixels, labels, dm.mean, dm.std, "fgsm", eps=0.0313725)
     assert p["adversarial_rel"] == pytest.approx(direct["adversarial_rel"], rel=1e-4)
@@ -188,5 +201,30 @@ def test_noise_callback_measures_growth_per_layer(tmp_path):
     assert noise["sigmas"] == [0.0, 0.5]
     assert [len(d) for d in noise["distance"]] == [5, 5]  # the input of 4 layers and the output
     assert noise["distance"][0] == [0.0] * 5 and noise["distance"][1][0] > 0
-    assert all(0.0 <= a <= 1.0 for a in noise["accuracy"])
+    # By hand on the final model and the 64 probe inputs, as noise_evolution documents it:
+    # one standard-normal draw (a generator seeded 0) scaled by each sigma; per layer the
+    # mean over inputs of ||x_t(noisy) - x_t(clean)||; the accuracy on the noisy inputs.
+    net, _, x, y = final_model_and_probe(tmp_path, cfg, 64)
+    draw = torch.randn(x.shape, generator=torch.Generator().manual_seed(0))
+
+    def layers(inputs: torch.Tensor) -> list[torch.Tensor]:
+        states = [net.stem(inputs)]
+        for unit in net.units:
+            states.append(unit(states[-1]))
+        return states
+
+    with torch.no_grad():
+        clean = layers(x)
+        for k, sigma in enumerate((0.0, 0.5)):
+            noisy = layers(x + sigma * draw)
+            dist = [(a - b).flatten(1).norm(dim=1) for a, b in zip(noisy, clean, strict=True)]
+            assert noise["distance"][k] == pytest.approx([d.mean().item() for d in dist], rel=1e-5)
+            rel = [
+                (d / b.flatten(1).norm(dim=1)).mean().item()
+                for d, b in zip(dist, clean, strict=True)
+            ]
+            assert noise["relative"][k] == pytest.approx(rel, rel=1e-5)
+            right = (net.head(noisy[-1]).argmax(1) == y).double().mean().item()
+            assert noise["accuracy"][k] == right, (sigma, noise["accuracy"])
+    assert noise["accuracy"][0] > noise["accuracy"][1]  # the noise costs something here
     assert (tmp_path / "analysis" / noise["figure"]).is_file()
