@@ -20,6 +20,7 @@ from resnet_dyn.dynamics import (
     dense_jacobian,
     dense_singular_values,
     extreme_singular_values,
+    intervention_grid,
     jacobian,
     local_window,
     map_spectrum,
@@ -29,7 +30,6 @@ from resnet_dyn.dynamics import (
     spectrum_stats,
     stage_map,
     summarize,
-    sweep,
     unit_map,
     unit_states,
     with_intervention,
@@ -367,7 +367,7 @@ def test_interventions_act_on_a_copy() -> None:
         y = net(inputs).argmax(1)  # the base model is right on all of them
     assert accuracy(net, inputs, y) == 1.0
     scales = [(0.5, None), (0.5, 3.0), (1.0, None), (1.0, 3.0)]
-    rows = sweep(
+    rows = intervention_grid(
         net,
         x,
         (inputs, y),

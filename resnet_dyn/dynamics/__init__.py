@@ -24,7 +24,7 @@ from resnet_dyn.dynamics.inertia import (
     singular_value_counts,
     singular_value_histogram,
 )
-from resnet_dyn.dynamics.interventions import accuracy, sweep, with_intervention
+from resnet_dyn.dynamics.interventions import accuracy, intervention_grid, with_intervention
 from resnet_dyn.dynamics.jacobian import Jacobian, colored_jacobian, dense_jacobian, jacobian
 from resnet_dyn.dynamics.maps import (
     EvalModeError,
@@ -60,6 +60,7 @@ __all__ = [
     "dense_singular_values",
     "exact_fractions",
     "extreme_singular_values",
+    "intervention_grid",
     "jacobian",
     "local_window",
     "map_spectrum",
@@ -71,7 +72,6 @@ __all__ = [
     "spectrum_stats",
     "stage_map",
     "summarize",
-    "sweep",
     "unit_map",
     "unit_states",
     "with_intervention",

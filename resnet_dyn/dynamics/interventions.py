@@ -3,7 +3,7 @@ on a copy of a trained model, then re-run any analysis.
 
     weak = with_intervention(net, skip_scale=0.5, units=[19])
     accuracy(weak, x_test, y_test), analyze_units(weak, images, units=[19])[0]["sum"]
-    rows = sweep(net, images, (x_test, y_test), skip_scales=[0.5, 1.0, 2.0], units=[19])
+    rows = intervention_grid(net, images, (x_test, y_test), skip_scales=[0.5, 1.0, 2.0], units=[19])
 """
 
 from __future__ import annotations
@@ -55,7 +55,7 @@ def accuracy(net: ResidualNet, x: torch.Tensor, y: torch.Tensor, batch_size: int
     return correct / len(y)
 
 
-def sweep(
+def intervention_grid(
     net: ResidualNet,
     images: torch.Tensor,
     labelled: tuple[torch.Tensor, torch.Tensor] | None = None,
