@@ -19,6 +19,7 @@ from conftest import run_cli
 from PIL import Image
 
 from resnet_dyn.cli.report import main
+from resnet_dyn.report import common as report_common
 from resnet_dyn.report.batch import (
     batch_replicates,
     batch_results,
@@ -276,7 +277,7 @@ def test_batch_scaling_known_answer():
     assert r["regime"] == ["linear", "linear", "diminishing returns", "stagnation", "stagnation"]
 
 
-def test_batch_sweep_one_curve_per_lr_scaling(tmp_path):
+def test_batch_sweep_one_curve_per_lr_scaling(tmp_path, drawn):
     k = {"none": {16: 40, 32: 20, 64: 18}, "linear": {16: 40, 32: 21, 64: 11}}
     for i, (scaling, m) in enumerate((s, m) for s in k for m in k[s]):
         losses = step_curve(k[scaling][m], 60)[1].tolist()
@@ -296,6 +297,10 @@ def test_batch_sweep_one_curve_per_lr_scaling(tmp_path):
     assert rows[6]["status"] == "missing"
     assert float(rows[2]["batch/speedup"]) == pytest.approx(40 / 18)
     assert (tmp_path / "report_batch.png").read_bytes().startswith(PNG_MAGIC)
+    # The figure's k(m) panel draws each scaling's k against m (the running m = 128: none).
+    _, k_ax, _ = drawn["report_batch.png"].axes
+    lines = sorted((x.tolist(), y.tolist()) for x, y in plotted(k_ax))
+    assert lines == [([16, 32, 64], [40, 20, 18]), ([16, 32, 64], [40, 21, 11])]
     assert "optim.lr_scaling=linear: eps=0.1, m=16 linear" in (tmp_path / "report.html").read_text()
 
 
@@ -340,20 +345,46 @@ def test_identity_slope_and_stopping_rule_on_synthetic_summaries(tmp_path):
     assert "model.skip_scale=1.0: -1.00; model.skip_scale=0.5: -1.00" in page
 
 
-def test_transients_and_noise_on_synthetic_summaries(tmp_path):
+@pytest.fixture
+def drawn(monkeypatch) -> dict[str, object]:
+    """The matplotlib figures the report saves, by file name: what each PNG draws, read
+    from the figure itself (its lines' data) rather than from the pixels."""
+    figures: dict[str, object] = {}
+    save = report_common._save
+
+    def keep(fig, path):
+        figures[Path(path).name] = fig
+        return save(fig, path)
+
+    monkeypatch.setattr(report_common, "_save", keep)
+    return figures
+
+
+def plotted(ax) -> list[tuple[np.ndarray, np.ndarray]]:
+    """The (x, y) data of an axes' drawn lines (legend-only handles, with no data, left out)."""
+    lines = [
+        (np.asarray(line.get_xdata(), float), np.asarray(line.get_ydata(), float))
+        for line in ax.get_lines()
+    ]
+    return [(x, y) for x, y in lines if x.size]
+
+
+def test_transients_and_noise_on_synthetic_summaries(tmp_path, drawn):
     rng = np.random.default_rng(0)
-    for i, (model, depth) in enumerate((("DenseResNet", 5), ("MLP", 5), ("DenseResNet", 10))):
+    jobs = (("DenseResNet", 5), ("MLP", 5), ("DenseResNet", 10))
+    means = {}
+    for i, (model, depth) in enumerate(jobs):
         transient = {
             "initial_depth": depth,
             "depth_per_epoch": [depth, depth - 1],
             "final_depth": depth - 1,
             "trajectory_file": "transient_trajectories.npz",
         }
-        noise = {
+        noise = {  # every job its own numbers, so that a figure mixing them up fails
             "sigmas": [0.0, 0.5],
-            "relative": [[0.0] * depth, [0.1] * depth],
+            "relative": [[0.0] * depth, [0.1] * (depth - 1) + [0.1 * (i + 1)]],
             "distance": [[0.0] * depth, [0.2] * depth],
-            "accuracy": [1.0, 0.8],
+            "accuracy": [1.0, 0.8 - 0.1 * i],
         }
         overrides = [f"model._target_=resnet_dyn.models.{model}", f"model.depth={depth}"]
         job = make_job(
@@ -363,14 +394,32 @@ def test_transients_and_noise_on_synthetic_summaries(tmp_path):
             {"final_depth": depth - 1, "analysis": {"transient": transient, "noise": noise}},
         )
         (job / "analysis").mkdir()
+        means[i] = rng.random((2, depth - 1, 3))
         np.savez(
             job / "analysis" / "transient_trajectories.npz",
-            mean=rng.random((2, depth - 1, 3)),
+            mean=means[i],
             classes=np.array([0, 1]),
         )
     build_report(tmp_path)
     for name in ("transients", "depth", "noise"):
         assert (tmp_path / f"report_{name}.png").read_bytes().startswith(PNG_MAGIC)
+    # One panel per job: a line per class and neuron, the class mean against the layer.
+    panels = drawn["report_transients.png"].axes
+    for i, (_, depth) in enumerate(jobs):
+        lines = plotted(panels[i])
+        assert len(lines) == 2 * 3
+        for (x, y), (c, n) in zip(lines, [(c, n) for c in range(2) for n in range(3)], strict=True):
+            assert x.tolist() == list(range(1, depth)) and y == pytest.approx(means[i][c, :, n])
+    # Depth: the initial depth, then after each epoch, per configuration (one seed each).
+    (ax,) = drawn["report_depth.png"].axes
+    assert [y.tolist() for _, y in plotted(ax)] == [[d, d, d - 1] for _, d in jobs]
+    # Noise: the last layer's relative size (left) and the accuracy (right) against sigma.
+    left, right = drawn["report_noise.png"].axes
+    for ax, expected in ((left, [[0.0, 0.1 * (i + 1)] for i in range(3)]),
+                         (right, [[1.0, 0.8 - 0.1 * i] for i in range(3)])):  # fmt: skip
+        lines = plotted(ax)
+        assert all(x.tolist() == [0.0, 0.5] for x, _ in lines)
+        np.testing.assert_allclose([y for _, y in lines], expected)
     assert [r["final_depth"] for r in read_csv(tmp_path / "summary.csv")] == ["4.0", "4.0", "9.0"]
     page = (tmp_path / "report.html").read_text()
     assert "Noise: ResNet vs MLP" in page and "Batch size and iterations" in page  # no data
@@ -652,7 +701,7 @@ def test_unit_grid_and_projection_figures_absent_without_their_data(tmp_path):
     assert "the std over the probe images (one seed)" in (units / "report.html").read_text()
 
 
-def test_noise_figure_leaves_out_an_untrained_model(tmp_path):
+def test_noise_figure_leaves_out_an_untrained_model(tmp_path, drawn):
     noise = {
         "sigmas": [0.0, 0.5],
         "relative": [[0.0] * 5, [0.1] * 5],
@@ -673,6 +722,8 @@ def test_noise_figure_leaves_out_an_untrained_model(tmp_path):
     assert len(lines) == 2 and not any("MLP" in name for name in lines)  # 0.5 itself is kept
     build_report(tmp_path)
     assert (tmp_path / "report_noise.png").read_bytes().startswith(PNG_MAGIC)
+    for ax in drawn["report_noise.png"].axes:  # the two trained models' lines, no more
+        assert len(plotted(ax)) == 2
     page = (tmp_path / "report.html").read_text()
     assert (
         "Not drawn: models that did not train (test/acc below 0.5): MLP "
