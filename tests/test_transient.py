@@ -12,7 +12,6 @@ from resnet_dyn.dynamics.transient import (
     class_statistics,
     continuous_trajectory,
     convergence,
-    drop_last_unit,
     fixed_points,
     integrate_residuals,
     last_layer_converged,
@@ -20,7 +19,7 @@ from resnet_dyn.dynamics.transient import (
     trajectory,
 )
 from resnet_dyn.errors import ConfigError
-from resnet_dyn.models import MLP, CifarResNet, DenseResNet
+from resnet_dyn.models import MLP, CifarResNet, DenseResNet, drop_last_unit
 
 D = torch.float64
 

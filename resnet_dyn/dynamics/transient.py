@@ -298,17 +298,3 @@ def last_layer_converged(
         return False, float("nan")
     value = float(convergence(trajectory(net, x).residuals[-2:]).mean())
     return value < threshold, value
-
-
-def drop_last_unit(net: ResidualNet) -> ResidualNet:
-    """Remove the last unit in place (the head then reads x(T-1)); returns ``net``.
-
-    Tied units share one Linear, which the remaining units keep. An optimizer built before
-    still holds the dropped unit's own parameters (untied), which then get no gradient.
-    """
-    if len(net.units) < 2:
-        raise ConfigError("model.depth", "at least 2 layers to drop one", len(net.units))
-    del net.units[-1]
-    if hasattr(net, "depth"):
-        net.depth = len(net.units)
-    return net

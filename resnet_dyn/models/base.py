@@ -116,6 +116,20 @@ def set_skip_scale(
     return net
 
 
+def drop_last_unit(net: ResidualNet) -> ResidualNet:
+    """Remove the last unit in place (the head then reads x(T-1)); returns ``net``.
+
+    Tied units share one Linear, which the remaining units keep. An optimizer built before
+    still holds the dropped unit's own parameters (untied), which then get no gradient.
+    """
+    if len(net.units) < 2:
+        raise ConfigError("model.depth", "at least 2 layers to drop one", len(net.units))
+    del net.units[-1]
+    if hasattr(net, "depth"):
+        net.depth = len(net.units)
+    return net
+
+
 def branch_weights(
     net: ResidualNet, units: int | Iterable[int] | None = None
 ) -> list[nn.Parameter]:

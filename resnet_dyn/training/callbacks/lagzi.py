@@ -31,12 +31,11 @@ import torch
 from resnet_dyn.dynamics.transient import (
     class_statistics,
     convergence,
-    drop_last_unit,
     last_layer_converged,
     trajectory,
 )
 from resnet_dyn.errors import ConfigError, check_bool, check_int, check_positive
-from resnet_dyn.models import DenseResNet, ResidualNet
+from resnet_dyn.models import DenseResNet, ResidualNet, drop_last_unit
 from resnet_dyn.plots.dynamics import class_trajectories, depth_per_epoch
 from resnet_dyn.training.callbacks.base import (
     evaluating,
