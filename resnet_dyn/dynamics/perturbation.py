@@ -243,12 +243,6 @@ def _state_pair(
     return clean, [p - c for p, c in zip(perturbed, clean, strict=True)]
 
 
-def state_differences(net: ResidualNet, x: torch.Tensor, d: torch.Tensor) -> list[torch.Tensor]:
-    """``x_k(x + d) - x_k(x)`` for k = 0..K, each (B, *state shape); x and d in the net's input
-    space (normalised: a pixel perturbation d becomes d / std)."""
-    return _state_pair(net, x, d)[1]
-
-
 def _norm_table(
     states: Sequence[torch.Tensor], diffs: Sequence[torch.Tensor]
 ) -> dict[str, torch.Tensor]:

@@ -20,7 +20,6 @@ import torch
 from resnet_dyn.dynamics.krylov import Quadrature
 
 FRACTIONS = ("frac_one", "frac_gt_one", "frac_zero")
-EXTREMES = ("sigma_max", "sigma_min", "cond")
 
 
 def sigma_intervals(tol: float) -> dict[str, tuple[float, float]]:
