@@ -535,9 +535,9 @@ def bench_slq_coverage_make_run(b: Bench, images: int = 4) -> None:
     half-width of the bars, and how many have more than 0.05 of unresolved weight."""
     import numpy as np
 
-    from resnet_dyn.analysis.checkpoints import load_model
     from resnet_dyn.data import DigitsDataModule
     from resnet_dyn.dynamics import map_spectrum, unit_map, unit_states
+    from resnet_dyn.models.checkpoints import load_model
 
     keys = ("frac_one", "frac_gt_one", "frac_zero")
     with tempfile.TemporaryDirectory() as tmp:

@@ -15,8 +15,8 @@ from torch.func import jacfwd, jvp, vjp
 from torch.nn import functional as F
 from wandb_records import OfflineRun
 
-from resnet_dyn.analysis.checkpoints import load_model
 from resnet_dyn.data import ImageFolderDataModule
+from resnet_dyn.models.checkpoints import load_model
 from resnet_dyn.training.job import run_job
 
 CIFAR10 = "[airplane,automobile,bird,cat,deer,dog,frog,horse,ship,truck]"

@@ -3,9 +3,9 @@
 import pytest
 import torch
 
-from resnet_dyn.analysis.checkpoints import akamaster_to_units, load_model, units_to_akamaster
 from resnet_dyn.errors import UserError
 from resnet_dyn.models import CifarResNet
+from resnet_dyn.models.checkpoints import akamaster_to_units, load_model, units_to_akamaster
 
 
 def akamaster_state(depth: int) -> dict[str, torch.Tensor]:

@@ -11,11 +11,11 @@ import torch
 from conftest import compose_config, run_cli
 from wandb_records import OfflineRun
 
-from resnet_dyn.analysis.checkpoints import load_model
 from resnet_dyn.config.build import build
 from resnet_dyn.dynamics.identity import identity_magnitudes
 from resnet_dyn.dynamics.perturbation import perturbation_analysis, to_pixels
 from resnet_dyn.errors import ConfigError
+from resnet_dyn.models.checkpoints import load_model
 from resnet_dyn.training.job import run_job
 
 QUIET = ["debug=tiny", "trainer.enable_progress_bar=false"]

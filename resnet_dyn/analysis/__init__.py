@@ -1,3 +1,3 @@
 """The analyses a config asks for, run on a trained network: results, arrays and figures
-(:mod:`.run`), loading checkpoints (:mod:`.checkpoints`), and one ``resnet-dyn-analyze`` job
-(:mod:`.job`). The mathematics lives in :mod:`resnet_dyn.dynamics`."""
+(:mod:`.run`), and one ``resnet-dyn-analyze`` job (:mod:`.job`). The mathematics lives in
+:mod:`resnet_dyn.dynamics`; checkpoints are read by :mod:`resnet_dyn.models.checkpoints`."""

@@ -13,7 +13,6 @@ import lightning as L
 import torch
 from omegaconf import DictConfig, OmegaConf
 
-from resnet_dyn.analysis.checkpoints import FORMATS, load_model
 from resnet_dyn.analysis.run import (
     check_analysis,
     identity_run,
@@ -33,12 +32,13 @@ from resnet_dyn.errors import ConfigError, check_choice
 from resnet_dyn.files import write_json_atomic
 from resnet_dyn.logs.wandb_run import finish_wandb, start_wandb
 from resnet_dyn.models import ResidualNet
+from resnet_dyn.models.checkpoints import FORMATS, load_model
 from resnet_dyn.progress import unit_progress
 
 
 def check_checkpoint(ck: DictConfig) -> None:
     """``checkpoint.*``, before any data is loaded (a missing or unreadable file is
-    :func:`~resnet_dyn.analysis.checkpoints.read_checkpoint`'s own one-line error)."""
+    :func:`~resnet_dyn.models.checkpoints.read_checkpoint`'s own one-line error)."""
     path = ck.path
     if path is not None and not (isinstance(path, str) and path):
         raise ConfigError("checkpoint.path", "a file path or null", path)

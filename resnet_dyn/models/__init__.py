@@ -1,4 +1,5 @@
-"""nn.Modules only: every model is stem -> ordered residual units -> head (see ``base``)."""
+"""The models, nn.Modules: every one is stem -> ordered residual units -> head (see ``base``);
+reading them back from checkpoint files is ``checkpoints``."""
 
 from resnet_dyn.models.base import (
     ResidualNet,

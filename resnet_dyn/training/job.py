@@ -18,13 +18,13 @@ from typing import Any, NamedTuple
 import lightning as L
 from omegaconf import DictConfig, OmegaConf
 
-from resnet_dyn.analysis.checkpoints import read_checkpoint
 from resnet_dyn.config.build import build
 from resnet_dyn.config.checks import check_analysis_config, check_job_config
 from resnet_dyn.errors import UserError
 from resnet_dyn.files import unwritable_reason, write_json_atomic
 from resnet_dyn.logs.wandb_run import finish_wandb, start_wandb
 from resnet_dyn.models import model_name
+from resnet_dyn.models.checkpoints import read_checkpoint
 from resnet_dyn.training.checkpoint_io import AtomicCheckpointIO
 from resnet_dyn.training.loggers import SafeCSVLogger
 from resnet_dyn.training.module import ClassificationModule, Diverged

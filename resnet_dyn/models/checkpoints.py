@@ -1,4 +1,5 @@
-"""Load trained models for analysis: this project's Lightning checkpoints, or akamaster state dicts.
+"""Read trained models from files: this project's Lightning checkpoints, or akamaster state
+dicts. Here, below both jobs, because training resumes from the same files that analysis loads.
 
     net, info = load_model("outputs/.../checkpoints/last.ckpt")
     net, info = load_model("resnet56.th", fmt="akamaster", depth=56)
