@@ -4,6 +4,8 @@ which is what broke the quadrature."""
 
 from __future__ import annotations
 
+import copy
+
 import numpy as np
 import pytest
 import torch
@@ -11,36 +13,40 @@ import torch.nn.functional as F
 from sklearn.datasets import load_digits
 from torch import nn
 
-from resnet_dyn.dynamics import map_spectrum, unit_map, unit_states
+from resnet_dyn.dynamics import map_spectrum, stage_map, unit_map, unit_states
 from resnet_dyn.dynamics.analyze import all_singular_values
 from resnet_dyn.dynamics.inertia import (
     count_below,
     countable,
+    counted,
     exact_fractions,
     singular_value_counts,
     singular_value_histogram,
 )
 from resnet_dyn.dynamics.jacobian import LocalJacobian, local_jacobian
 from resnet_dyn.dynamics.maps import UnitMap
+from resnet_dyn.dynamics.reduced import low_rank_split, why_not
 from resnet_dyn.dynamics.stats import spectrum_stats
 from resnet_dyn.dynamics.window import Window
-from resnet_dyn.models import CifarResNet, ResidualUnit
+from resnet_dyn.models import CifarResNet, ResidualUnit, set_skip_scale
 
 TOL = 1e-3
 
 
-@pytest.fixture(scope="module")
-def trained() -> tuple[CifarResNet, torch.Tensor]:
-    """A ResNet-8 trained to ~99% on scikit-learn's digits (upsampled to 3x12x12, ~5 s)."""
+def digits_12() -> tuple[torch.Tensor, torch.Tensor]:
+    """scikit-learn's digits upsampled to 3x12x12, normalised."""
     digits = load_digits()
     x = torch.tensor(digits.images, dtype=torch.float32)[:, None] / 16
     x = F.interpolate(x, size=12, mode="bilinear").repeat(1, 3, 1, 1)
-    x, y = (x - x.mean()) / x.std(), torch.tensor(digits.target)
-    torch.manual_seed(0)
-    net = CifarResNet(depth=8, input_shape=(3, 12, 12))
+    return (x - x.mean()) / x.std(), torch.tensor(digits.target)
+
+
+def train(net: CifarResNet, steps: int = 150) -> CifarResNet:
+    """SGD on digits at 3x12x12 (batch 64), then eval mode; asserts it learned."""
+    x, y = digits_12()
     opt = torch.optim.SGD(net.parameters(), lr=0.1, momentum=0.9, weight_decay=5e-4)
     gen = torch.Generator().manual_seed(0)
-    for _ in range(150):
+    for _ in range(steps):
         idx = torch.randint(0, len(x), (64,), generator=gen)
         loss = F.cross_entropy(net(x[idx]), y[idx])
         opt.zero_grad()
@@ -48,8 +54,16 @@ def trained() -> tuple[CifarResNet, torch.Tensor]:
         opt.step()
     net.eval()
     with torch.no_grad():
-        assert (net(x).argmax(1) == y).float().mean() > 0.95
-    return net, x[:1]
+        assert (net(x).argmax(1) == y).float().mean() > 0.9
+    return net
+
+
+@pytest.fixture(scope="module")
+def trained() -> tuple[CifarResNet, torch.Tensor]:
+    """A ResNet-8 trained to ~99% on scikit-learn's digits (upsampled to 3x12x12, ~5 s)."""
+    torch.manual_seed(0)
+    net = train(CifarResNet(depth=8, input_shape=(3, 12, 12)))
+    return net, digits_12()[0][:1]
 
 
 def maps_of(net: CifarResNet, image: torch.Tensor) -> list:
@@ -123,11 +137,16 @@ def test_count_below_matches_eigvalsh_on_an_indefinite_local_matrix() -> None:
     assert count_below(sym, shifts, leaf=16) == expected
 
 
-def test_stage_maps_are_refused_when_counting_would_be_dense(trained) -> None:
-    net, image = trained
-    f = maps_of(net, image)[0]
-    assert countable(f) == (True, "")
-    ok, why = countable(f, max_gflop=1e-6)
+def test_stage_maps_are_refused_when_counting_would_be_dense() -> None:
+    """A ResNet-56's first stage (nine units: a 37x37 window on a 32x32 grid) makes J J^T
+    dense; its units stay countable. Structural, so an untrained net will do."""
+    torch.manual_seed(0)
+    net = CifarResNet(depth=56).eval()
+    x = unit_states(net, torch.randn(1, 3, 32, 32))[0][0]
+    ok, why = countable(stage_map(net, 0, x))
+    assert not ok and "GFLOP" in why, why
+    assert countable(unit_map(net, 0, x, "sum")) == (True, "")
+    ok, why = countable(unit_map(net, 0, x, "sum"), max_gflop=1e-6)
     assert not ok and "GFLOP" in why
 
 
@@ -172,3 +191,115 @@ def test_exact_histograms_of_chosen_units_equal_dense_svd_histograms(trained, tm
                           for k in ("sum", "unit")}}  # fmt: skip
     path = spectrum_histograms({}, tmp_path / "h.png", "counted", counted)
     assert path.stat().st_size > 1000
+
+
+@pytest.fixture(scope="module")
+def reducible() -> dict[str, CifarResNet]:
+    """Trained nets with identity-shortcut units: a post-activation ResNet-14 (units 1, 3
+    and 5 have identity shortcuts; 2 and 4 open stages 1 and 2) and a pre-activation
+    ResNet-8 (unit 0), each ~4 s of SGD on digits at 3x12x12."""
+    torch.manual_seed(1)
+    post = train(CifarResNet(depth=14, input_shape=(3, 12, 12)), steps=120)
+    torch.manual_seed(2)
+    pre = train(CifarResNet(depth=8, input_shape=(3, 12, 12), preact=True), steps=120)
+    return {"post": post, "pre": pre}
+
+
+def _variants(net: CifarResNet, unit: int) -> dict[str, CifarResNet]:
+    """The trained net, alpha = 0.8 post hoc, and the middle BatchNorm's shift moved by -1 /
+    +1 (few / many active hidden positions)."""
+    out = {"trained": net, "alpha=0.8": set_skip_scale(copy.deepcopy(net), 0.8)}
+    for name, shift in (("few active", -1.0), ("many active", 1.0)):
+        moved = copy.deepcopy(net)
+        bn = next(m for m in moved.units[unit].branch if isinstance(m, nn.BatchNorm2d))
+        if net.preact:  # the BN in front of the middle ReLU is the second one
+            bn = [m for m in moved.units[unit].branch if isinstance(m, nn.BatchNorm2d)][1]
+        with torch.no_grad():
+            bn.bias += shift
+        out[name] = moved
+    return out
+
+
+@pytest.mark.parametrize(("net_key", "unit"), [("post", 1), ("post", 3), ("pre", 0)])
+def test_reduced_counts_equal_dense_svd_counts_on_trained_units(reducible, net_key, unit) -> None:
+    """The reduced route (a 2k x 2k pencil on the hidden grid) against the dense float64
+    SVD of J from jacfwd of the unfolded map, on trained units, at alpha = 1 and 0.8 and
+    with few and many active positions; thresholds at the fractions' edges, inside the
+    mass around 1 and next to the cluster at |alpha|. The counts of the float32 map and
+    of its float64 copy agree: the map's dtype and BatchNorm folding change no count."""
+    net = reducible[net_key]
+    image = digits_12()[0][3:4]
+    actives = []
+    variants = _variants(net, unit)
+    if unit != 1:  # few and many active positions: on the largest unit only
+        variants = {k: v for k, v in variants.items() if "active" not in k}
+    for name, variant in variants.items():
+        x = unit_states(variant, image)[unit][0]
+        alpha = variant.units[unit].skip_scale
+        thresholds = [TOL, 1 - TOL, 1 + TOL, 0.5, 0.9, 1.1, 2.0, alpha - TOL, alpha + TOL]
+        kinds = ("sum", "unit") if name == "trained" and not net.preact else ("sum",)
+        for kind in kinds:
+            f = unit_map(variant, unit, x, kind)
+            g = f.to(torch.float64)
+            with torch.no_grad():
+                J = torch.func.jacfwd(g)(g.x).reshape(g.dim_out, g.dim_in)  # unfolded BN
+            sigma = torch.linalg.eigvalsh(J.T @ J).clamp_min(0).sqrt()
+            expected = [int((sigma < c).sum()) for c in thresholds]
+            counts, route = counted(f, thresholds, route="reduced")
+            assert (counts, route) == (expected, "reduced"), (name, kind)
+            split = low_rank_split(f)
+            actives.append(split.rank / split.active.numel())
+            # sigma = |alpha| has multiplicity >= rows - 2k, as the algebra says (rows: n,
+            # or a unit map's active outputs).
+            rows = f.dim_in if split.out_active is None else int(split.out_active.sum())
+            cluster = int(((sigma - alpha).abs() < 1e-9).sum())
+            assert cluster >= rows - 2 * split.rank, (name, kind)
+            if name == "trained":
+                assert counted(g, thresholds, route="reduced")[0] == expected, kind
+                # "auto": the reduced route for sum maps (and pre-activation units), where
+                # it costs fewer flops; the gram route for unit maps with a ReLU.
+                auto = counted(f, thresholds)
+                reduced = kind == "sum" or net.preact
+                assert auto == (expected, "reduced" if reduced else "gram"), kind
+    if unit == 1:
+        assert min(actives) < 0.3 and max(actives) > 0.7, actives
+
+
+def test_units_outside_the_algebra_take_the_gram_route_and_say_why(reducible) -> None:
+    """A stage's first unit (option-A shortcut: P^T P != alpha^2 I) and alpha = 0 are not
+    reducible: the gram route counts them, exactly, and why_not names the reason."""
+    net = reducible["post"]
+    image = digits_12()[0][3:4]
+    x = unit_states(net, image)[2][0]
+    f = unit_map(net, 2, x, "sum")
+    assert "ShortcutA" in why_not(f) and low_rank_split(f) is None
+    sigma = all_singular_values(local_jacobian(f).dense().double())
+    thresholds = [TOL, 1 - TOL, 1 + TOL]
+    assert counted(f, thresholds) == ([int((sigma < c).sum()) for c in thresholds], "gram")
+    with pytest.raises(ValueError, match="ShortcutA"):
+        counted(f, thresholds, route="reduced")
+    zero = set_skip_scale(copy.deepcopy(net), 0.0)
+    assert why_not(unit_map(zero, 0, unit_states(zero, image)[0][0], "sum")) == "alpha = 0"
+
+
+def test_a_count_that_breaks_what_must_hold_is_recounted_by_the_gram_route(
+    reducible, monkeypatch
+) -> None:
+    """A reduced count off by 100 (a planted error, as lost pivots would give) breaks what
+    must hold (counts grow with c), is caught, and is recounted on the gram route, which
+    says so."""
+    from resnet_dyn.dynamics import inertia
+
+    net = reducible["post"]
+    f = unit_map(net, 0, unit_states(net, digits_12()[0][3:4])[0][0], "sum")
+    real = inertia.negative_eigenvalues
+
+    def planted(terms, coeffs, keep, **kw):  # noqa: ANN001, ANN003
+        out = real(terms, coeffs, keep, **kw)
+        return [*out[:-1], out[-1] - 100] if len(terms) == 2 else out
+
+    monkeypatch.setattr(inertia, "negative_eigenvalues", planted)
+    counts, route = counted(f, [TOL, 0.5, 1 - TOL, 1 + TOL])
+    assert route.startswith("gram (reduced: counts decrease"), route
+    sigma = all_singular_values(local_jacobian(f).dense().double())
+    assert counts == [int((sigma < c).sum()) for c in [TOL, 0.5, 1 - TOL, 1 + TOL]]

@@ -64,7 +64,8 @@ import torch
 from resnet_dyn.dynamics.inertia import (
     COUNT_MAX_GFLOP,
     countable,
-    exact_fractions,
+    counted,
+    fractions_from_counts,
     gram_singular_values,
     singular_value_histogram,
 )
@@ -158,8 +159,10 @@ def map_spectrum(
         ok, why = countable(f, max_gflop=count_max_gflop)
         if not ok:
             raise ConfigError("method", "auto or slq for this map (count: " + why + ")", method)
-        local = local_jacobian(f)  # shared by the counts and shift-invert
-        stats = exact_fractions(f, tol, lj=local) | {"method": "count", "fractions": "exact"}
+        local = local_jacobian(f)  # shared by the gram route's counts and shift-invert
+        counts, route = counted(f, [tol, 1 - tol, 1 + tol], lj=local)
+        stats = fractions_from_counts(*counts, r) | {"method": "count", "fractions": "exact"}
+        stats["count_route"] = route
         zeros = r - int((~zero_rows(f, seed)).sum().clamp_max(r))
         if zeros >= top_k:  # exact zero rows: sigma_min = 0 with no Lanczos run
             z = torch.zeros(top_k, dtype=torch.float64, device=f.x.device)

@@ -44,6 +44,14 @@ import torch
 from resnet_dyn.dynamics.gridlu import dissection
 from resnet_dyn.dynamics.jacobian import LocalJacobian, local_jacobian
 from resnet_dyn.dynamics.maps import UnitMap
+from resnet_dyn.dynamics.reduced import (
+    LowRankSplit,
+    low_rank_split,
+    reduced_flops,
+    reduced_pencil,
+    relu_after_sum,
+    why_not,
+)
 from resnet_dyn.dynamics.window import NonLocalMap, Window, local_window
 
 # Above this many floating-point operations per count, a map's fractions are not counted
@@ -126,39 +134,75 @@ def count_below(gram: LocalJacobian, shifts: Sequence[float], *, leaf: int = 512
 
     Rows of ``gram`` that are zero (zero rows of J) are eigenvalues 0, counted for shifts
     above 0 without entering the elimination. Raises ``torch.linalg.LinAlgError`` when a
-    pivot block is exactly singular (a shift equal to an eigenvalue of a pivot block).
+    pivot block is singular or nearly so (see :func:`negative_eigenvalues`).
     """
     c, h, w = gram.out_shape
-    hw, n = h * w, c * h * w
-    dev = gram.kernels.device
     diag = gram.kernels[:, :, gram.window.lo[0], gram.window.lo[1]].diagonal(dim1=-2, dim2=-1)
-    keep = (diag != 0).permute(2, 0, 1).reshape(n)  # (co, pixel) order, as J's rows
+    keep = (diag != 0).permute(2, 0, 1).reshape(c * h * w)  # (co, pixel) order, as J's rows
     dropped = int((~keep).sum())
+    dev = gram.kernels.device
+    shift = torch.as_tensor(list(shifts), dtype=gram.kernels.dtype, device=dev)
+    ones = torch.ones(len(shift), 1, dtype=gram.kernels.dtype, device=dev)
+    negatives = negative_eigenvalues([gram], ones, keep, shift=shift, leaf=leaf)
+    return [n + (dropped if s > 0 else 0) for n, s in zip(negatives, shifts, strict=True)]
+
+
+# A pivot block whose smallest pivot is below this share of its largest entry is taken as
+# nearly singular: the static order of the dissection cannot pivot across fronts, so its
+# Schur complement would carry rounding amplified by the inverse of that pivot.
+PIVOT_RTOL = 1e-11
+
+
+def negative_eigenvalues(
+    terms: Sequence[LocalJacobian],
+    coeffs: torch.Tensor,
+    keep: torch.Tensor,
+    *,
+    shift: torch.Tensor | None = None,
+    leaf: int = 512,
+) -> list[int]:
+    """Negative eigenvalues of ``A_j = sum_t coeffs[j, t] terms[t] - shift[j] I``
+    restricted to the unknowns ``keep`` (bool over (channel, pixel)), for each row j of
+    ``coeffs``: one nested-dissection LDL^T each, all rows as one batch.
+
+    ``terms``: symmetric local operators on one grid (same shape and reach). Each front's
+    pivot block is factored by Bunch-Kaufman (``ldl_factor``); the negatives are its
+    negative 1x1 pivots plus one per 2x2 pivot (which always has one of each sign).
+    Raises ``torch.linalg.LinAlgError`` when a pivot block is singular or its smallest
+    pivot is below ``PIVOT_RTOL`` of its largest entry (nearly singular).
+    """
+    ref = terms[0]
+    c, h, w = ref.out_shape
+    hw, n = h * w, c * h * w
+    dev = ref.kernels.device
     chan = torch.arange(c, device=dev)[:, None] * hw
     pos = torch.full((n,), -1, dtype=torch.long, device=dev)
-    shift = torch.as_tensor(list(shifts), dtype=gram.kernels.dtype, device=dev)
-    negatives = torch.zeros(len(shift), dtype=torch.long, device=dev)
+    ns = coeffs.shape[0]
+    coeffs = coeffs.to(ref.kernels.dtype)
+    negatives = torch.zeros(ns, dtype=torch.long, device=dev)
     failed = torch.zeros((), dtype=torch.long, device=dev)
+    tiny = torch.zeros((), dtype=torch.bool, device=dev)
     # Schur complements on a front's halo (one per shift) wait for the parent front.
     stack: list[tuple[torch.Tensor, torch.Tensor]] = []
-    ns = len(shift)
-    for sep_pix, halo_pix, children in dissection(h, w, gram.window.lo, c, leaf, device=dev):
+    for sep_pix, halo_pix, children in dissection(h, w, ref.window.lo, c, leaf, device=dev):
         s_all = (chan + sep_pix[None, :]).flatten()
         b_all = (chan + halo_pix[None, :]).flatten()
-        G_ss = gram.pixel_block(sep_pix, sep_pix)
-        G_bs = gram.pixel_block(halo_pix, sep_pix)
-        s, b = s_all, b_all
-        if dropped:
-            ks, kb = keep[s_all], keep[b_all]
-            s, b = s_all[ks], b_all[kb]
-            G_ss, G_bs = G_ss[ks][:, ks], G_bs[kb][:, ks]
+        ks, kb = keep[s_all], keep[b_all]
+        s, b = s_all[ks], b_all[kb]
         k, m = s.numel(), b.numel()
         idx = torch.cat([s, b])
-        # All shifts at once, as a batch: one set of gathers and batched LAPACK calls.
-        F = gram.kernels.new_empty(ns, k + m, k + m)
-        F[:, :k, :k] = G_ss
-        F[:, :k, :k].diagonal(dim1=1, dim2=2).sub_(shift[:, None])
-        F[:, k:, :k] = G_bs  # F_SB is read as F_BS^T: the block above is never used
+        # All rows of coeffs at once, as a batch: one set of gathers and batched LAPACK calls.
+        F = ref.kernels.new_empty(ns, k + m, k + m)
+        F[:, :k, :k] = 0
+        F[:, k:, :k] = 0
+        for t, term in enumerate(terms):
+            G_ss = term.pixel_block(sep_pix, sep_pix)[ks][:, ks]
+            G_bs = term.pixel_block(halo_pix, sep_pix)[kb][:, ks]
+            a = coeffs[:, t, None, None]
+            F[:, :k, :k] += a * G_ss
+            F[:, k:, :k] += a * G_bs  # F_SB is read as F_BS^T: the block above is never used
+        if shift is not None:
+            F[:, :k, :k].diagonal(dim1=1, dim2=2).sub_(shift[:, None])
         F[:, k:, k:] = 0
         pos[idx] = torch.arange(k + m, device=dev)
         flat = F.view(ns, -1)
@@ -171,8 +215,13 @@ def count_below(gram: LocalJacobian, shifts: Sequence[float], *, leaf: int = 512
         if k:
             ld, piv, info = torch.linalg.ldl_factor_ex(F_ss)
             one = piv > 0
-            negatives += ((ld.diagonal(dim1=1, dim2=2) < 0) & one).sum(1) + (~one).sum(1) // 2
+            d = ld.diagonal(dim1=1, dim2=2)
+            negatives += ((d < 0) & one).sum(1) + (~one).sum(1) // 2
             failed += info.clamp_min(0).sum()
+            scale = F_ss.abs().amax(dim=(1, 2), keepdim=True).squeeze(-1)
+            # 1x1 pivots only: a 2x2 pivot is chosen because it is well conditioned.
+            small = (d.abs() <= PIVOT_RTOL * scale) & one
+            tiny |= small.any()
         if m:
             upd = F[:, k:, k:]
             if k:
@@ -184,9 +233,65 @@ def count_below(gram: LocalJacobian, shifts: Sequence[float], *, leaf: int = 512
                     _symmetric_update(upd[j], F[j, k:, :k], X)
             stack.append((b, upd.contiguous()))
     if failed.item():
-        raise torch.linalg.LinAlgError("a pivot block of the shifted Gram matrix is singular")
-    zeros = torch.where(shift > 0, dropped, 0)
-    return (negatives + zeros).tolist()
+        raise torch.linalg.LinAlgError("a pivot block of the shifted matrix is singular")
+    if tiny.item():
+        raise torch.linalg.LinAlgError("a pivot block of the shifted matrix is nearly singular")
+    return negatives.tolist()
+
+
+def reduced_counts(
+    split: LowRankSplit, thresholds: Sequence[float], *, leaf: int = 512
+) -> list[int | None]:
+    """``#{sigma < c}`` of J for each threshold c > 0 through the reduced pencil of
+    :mod:`resnet_dyn.dynamics.reduced`; None for a threshold at c = |alpha| (delta = 0),
+    which the reduction cannot count.
+
+    The counts are checked against what must hold exactly: they grow with c, lie in
+    [0, r], and thresholds on both sides of |alpha| enclose the cluster of at least
+    n - 2k singular values equal to |alpha|. A failed check raises
+    ``torch.linalg.LinAlgError``, as a nearly singular pivot block does."""
+    pencil = reduced_pencil(split)
+    a2 = split.alpha**2
+    deltas = [a2 - c * c for c in thresholds]
+    live = [i for i, d in enumerate(deltas) if d != 0]
+    dev = split.C.kernels.device
+    # |delta| X = |delta| N0 + sign(delta) N1 has the inertia of X and O(1) entries.
+    coeffs = torch.tensor(
+        [[abs(deltas[i]), 1.0 if deltas[i] > 0 else -1.0] for i in live],
+        dtype=torch.float64,
+        device=dev,
+    )
+    terms = [pencil.N0, pencil.N1]
+    neg = negative_eigenvalues(terms, coeffs, pencil.keep, leaf=leaf) if live else []
+    out: list[int | None] = [None] * len(thresholds)
+    for i, m in zip(live, neg, strict=True):
+        out[i] = pencil.zeros + (pencil.rows if deltas[i] < 0 else 0) + m - pencil.k
+    _check_counts(
+        [(thresholds[i], out[i]) for i in live],
+        pencil.zeros + pencil.rows,
+        abs(split.alpha),
+        pencil.rows - 2 * pencil.k,
+    )
+    return out
+
+
+def _check_counts(
+    counts: Sequence[tuple[float, int | None]], r: int, alpha: float, cluster: int
+) -> None:
+    """Raise ``LinAlgError`` unless the (threshold, count) pairs are consistent: counts in
+    [0, r], nondecreasing in the threshold, and at least ``cluster`` values between a
+    threshold below ``alpha`` and one above it."""
+    pairs = sorted((c, n) for c, n in counts if n is not None)
+    for c, n in pairs:
+        if not 0 <= n <= r:
+            raise torch.linalg.LinAlgError(f"count {n} at {c:g} is outside [0, {r}]")
+    for (c0, n0), (c1, n1) in zip(pairs, pairs[1:], strict=False):
+        if n1 < n0:
+            raise torch.linalg.LinAlgError(f"counts decrease: {n0} below {c0:g}, {n1} below {c1:g}")
+        if c0 < alpha < c1 and n1 - n0 < cluster:
+            raise torch.linalg.LinAlgError(
+                f"{n1 - n0} values in [{c0:g}, {c1:g}), fewer than the {cluster} at |alpha|"
+            )
 
 
 def _symmetric_update(C: torch.Tensor, A: torch.Tensor, X: torch.Tensor, blocks: int = 4) -> None:
@@ -204,56 +309,121 @@ def _symmetric_update(C: torch.Tensor, A: torch.Tensor, X: torch.Tensor, blocks:
         C[:lo, lo:hi] = C[lo:hi, :lo].mT
 
 
+def _gram_reach(window: Window) -> tuple[int, int]:
+    (kh, kw), (sh, sw) = window.size, window.stride
+    return ((kh - 1) // sh, (kw - 1) // sw)
+
+
 def countable(f: UnitMap, *, max_gflop: float = COUNT_MAX_GFLOP) -> tuple[bool, str]:
     """Whether :func:`singular_value_counts` applies to ``f`` and, if not, why: the map
     must have a receptive window (:func:`~resnet_dyn.dynamics.window.local_window`) and a
-    count must stay within ``max_gflop`` (:func:`count_flops`)."""
+    count must stay within ``max_gflop`` (:func:`count_flops` of the direct route, or the
+    reduced route's at its worst, every hidden position active, where it applies)."""
     try:
         window = local_window(f)
     except NonLocalMap as e:
         return False, f"no receptive window ({e})"
-    (kh, kw), (sh, sw) = window.size, window.stride
-    reach = ((kh - 1) // sh, (kw - 1) // sw)
-    gflop = count_flops(f.out_shape, reach) / 1e9
+    gflop = count_flops(f.out_shape, _gram_reach(window)) / 1e9
+    if not why_not(f):
+        c_h, h, w = f.in_shape  # the hidden grid of a stride-1 unit has the input's pixels
+        gflop = min(gflop, count_flops((2 * c_h, h, w), (2, 2)) / 1e9)
     if gflop > max_gflop:
         return False, f"a count would take {gflop:.0f} GFLOP (> {max_gflop:g})"
     return True, ""
 
 
-def singular_value_counts(
-    f: UnitMap, thresholds: Sequence[float], *, lj: LocalJacobian | None = None
-) -> list[int]:
-    """``#{sigma < c}`` over the ``min(dim_in, dim_out)`` singular values of J(f), exactly,
-    for each threshold c > 0 (one symmetric factorization each; see the module docstring).
+ROUTES = ("auto", "reduced", "gram")
 
-    ``lj``: J's local kernels if already at hand (else found by coloring, in the map's
-    dtype; the counting itself runs in float64). Raises :class:`NonLocalMap` for a map
+
+def counted(
+    f: UnitMap,
+    thresholds: Sequence[float],
+    *,
+    lj: LocalJacobian | None = None,
+    route: str = "auto",
+) -> tuple[list[int], str]:
+    """``#{sigma < c}`` over the ``min(dim_in, dim_out)`` singular values of J(f), exactly,
+    for each threshold c > 0, and the route the counts took.
+
+    Routes: ``"reduced"`` (:mod:`resnet_dyn.dynamics.reduced`: an LDL^T of the 2k x 2k
+    pencil X on the hidden grid, for units with an identity shortcut), ``"gram"`` (an
+    LDL^T of ``J J^T - c^2 I``, see the module docstring), or ``"auto"``: reduced where it
+    applies and costs fewer flops. Thresholds the reduction cannot take (c = |alpha|), and
+    every threshold when its factorization meets a nearly singular pivot block, go the
+    gram route; the route then reads ``"reduced+gram"`` or ``"gram (<why>)"``.
+
+    ``lj``: J's local kernels if already at hand (the gram route's input; found by
+    coloring in the map's dtype otherwise). Raises :class:`NonLocalMap` for a map
     without a receptive window.
     """
     if any(not c > 0 for c in thresholds):
         raise ValueError(f"thresholds must be positive, got {list(thresholds)}")
-    lj = local_jacobian(f) if lj is None else lj
-    gram = gram_kernels(lj)
-    shifts = [c * c for c in thresholds]
-    # Each shift in a pass holds its own copy of every front: a few per pass bound memory.
-    below = [
-        n for i in range(0, len(shifts), SHIFTS_PER_PASS)
-        for n in count_below(gram, shifts[i : i + SHIFTS_PER_PASS])
-    ]  # fmt: skip
-    extra = max(0, f.dim_out - f.dim_in)
-    return [b - extra for b in below]
+    if route not in ROUTES:
+        raise ValueError(f"route must be one of {ROUTES}, got {route!r}")
+    counts: list[int | None] = [None] * len(thresholds)
+    how = "gram"
+    # Unit maps with a ReLU after the sum stay on the gram route under "auto": their
+    # pencil's leading blocks are nearly rank-deficient (fewer active outputs than 2k
+    # unknowns), and the dissection's static pivoting lost counts there (36 of 16,384 on a
+    # 16x32x32 unit) while its gram route, which drops the zero rows, costs about as much.
+    wanted = route == "reduced" or (route == "auto" and not relu_after_sum(f))
+    split = low_rank_split(f) if wanted else None
+    if route == "reduced" and split is None:
+        raise ValueError(f"the reduced route does not apply: {why_not(f) or 'branch shape'}")
+    if split is not None and (
+        route == "reduced"
+        or reduced_flops(split) <= count_flops(f.out_shape, _gram_reach(local_window(f)))
+    ):
+        try:
+            counts = reduced_counts(split, thresholds)
+            how = "reduced"
+        except torch.linalg.LinAlgError as e:
+            how = f"gram (reduced: {e})"
+    rest = [i for i, n in enumerate(counts) if n is None]
+    if rest:
+        lj = local_jacobian(f) if lj is None else lj
+        gram = gram_kernels(lj)
+        shifts = [thresholds[i] ** 2 for i in rest]
+        # Each shift in a pass holds its own copy of every front: a few per pass bound memory.
+        below = [
+            n for i in range(0, len(shifts), SHIFTS_PER_PASS)
+            for n in count_below(gram, shifts[i : i + SHIFTS_PER_PASS])
+        ]  # fmt: skip
+        extra = max(0, f.dim_out - f.dim_in)
+        for i, b in zip(rest, below, strict=True):
+            counts[i] = b - extra
+        if how == "reduced":
+            how = "reduced+gram"
+    return [int(n) for n in counts], how  # type: ignore[arg-type]
 
 
-def exact_fractions(f: UnitMap, tol: float = 1e-3, **kwargs: object) -> dict[str, float]:
-    """``frac_one``, ``frac_gt_one`` and ``frac_zero`` of J(f) (see
-    :mod:`resnet_dyn.dynamics.stats`) from counts at ``tol``, ``1 - tol`` and ``1 + tol``."""
-    zero, below_one, up_to_one = singular_value_counts(f, [tol, 1 - tol, 1 + tol], **kwargs)
-    r = min(f.dim_in, f.dim_out)
+def singular_value_counts(
+    f: UnitMap,
+    thresholds: Sequence[float],
+    *,
+    lj: LocalJacobian | None = None,
+    route: str = "auto",
+) -> list[int]:
+    """``#{sigma < c}`` over the ``min(dim_in, dim_out)`` singular values of J(f), exactly,
+    for each threshold c > 0 (:func:`counted`, without the route)."""
+    return counted(f, thresholds, lj=lj, route=route)[0]
+
+
+def fractions_from_counts(zero: int, below_one: int, up_to_one: int, r: int) -> dict[str, float]:
+    """``frac_one``, ``frac_gt_one``, ``frac_zero`` of r singular values from the counts
+    below ``tol``, ``1 - tol`` and ``1 + tol``."""
     return {
         "frac_one": (up_to_one - below_one) / r,
         "frac_gt_one": (r - up_to_one) / r,
         "frac_zero": zero / r,
     }
+
+
+def exact_fractions(f: UnitMap, tol: float = 1e-3, **kwargs: object) -> dict[str, float]:
+    """``frac_one``, ``frac_gt_one`` and ``frac_zero`` of J(f) (see
+    :mod:`resnet_dyn.dynamics.stats`) from counts at ``tol``, ``1 - tol`` and ``1 + tol``."""
+    counts = singular_value_counts(f, [tol, 1 - tol, 1 + tol], **kwargs)
+    return fractions_from_counts(*counts, min(f.dim_in, f.dim_out))
 
 
 def singular_value_histogram(
