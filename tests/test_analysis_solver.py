@@ -58,7 +58,7 @@ def _sum_map(setting, tmp_path: Path, unit: int = 0, **keys: Any) -> dict[str, A
         group, _, name = dotted.rpartition("__")
         (a[group] if group else a)[name] = value
     result = spectrum_analysis(net, images, labels, OmegaConf.create(a), tmp_path, "t")
-    return result["units"][0]["sum"]
+    return result.summary["units"][0]["sum"]
 
 
 def _spy(monkeypatch) -> list[dict[str, Any]]:

@@ -120,19 +120,17 @@ def run_analysis_job(cfg: DictConfig) -> dict[str, Any]:
             run.log(
                 {
                     "epoch": epoch,
-                    **spectrum_scalars(result),
+                    **spectrum_scalars(result.summary),
                     **wandb_spectra(result, epoch),
                     **perturbation_scalars(pert),
                     **perturbation_charts(pert, "final", job_dir / "analysis"),
                     **(identity_scalars(ident) if ident else {}),
                 }
             )
-        result.pop("_results")
-        result.pop("_dir")
-        result["perturbation"] = pert
+        analysis = {**result.summary, "perturbation": pert}
         if ident is not None:
-            result["identity"] = ident
-        summary.update(status="completed", analysis=result)
+            analysis["identity"] = ident
+        summary.update(status="completed", analysis=analysis)
     except Exception as exc:
         summary["error"] = f"{type(exc).__name__}: {exc}"
         raise

@@ -2,8 +2,9 @@
 
 Shared by ``resnet-dyn-analyze`` and the training callbacks, so that both write
 ``analysis`` in one form and log the same scalars and charts. Spectra
-(:func:`spectrum_analysis`): ``{"accuracy", "images", "units": [{index, stage, dim_in,
-dim_out, sum: {...}, unit: {...}}], "stages": [...], "spectra_file", "figures"}``;
+(:func:`spectrum_analysis`, whose ``summary`` is ``{"accuracy", "images", "units": [{index,
+stage, dim_in, dim_out, sum: {...}, unit: {...}}], "stages": [...], "spectra_file",
+"figures"}``);
 perturbations (:func:`perturbation_run`) and identity magnitudes (:func:`identity_run`).
 """
 
@@ -12,6 +13,7 @@ from __future__ import annotations
 import io
 import time
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -197,6 +199,98 @@ def _panels(results: Sequence[dict], field: str) -> dict[str, dict[str, Any]]:
     return out
 
 
+def _strip(r: dict) -> dict:
+    """A unit's or stage's result without its raw spectra: what summary.json holds."""
+    return {k: v for k, v in r.items() if k != "raw"}
+
+
+@dataclass(frozen=True)
+class Spectra:
+    """What :func:`compute_spectra` finds: per-unit and per-stage results, each with its raw
+    spectra under ``"raw"``, and the accuracy of the analysed network on the probe images."""
+
+    units: list[dict]
+    stages: list[dict]
+    accuracy: float
+    images: int
+    intervention: dict[str, Any]
+
+
+@dataclass(frozen=True)
+class SpectrumAnalysis:
+    """A spectrum analysis as :func:`spectrum_analysis` leaves it: ``summary``, the
+    JSON-ready ``analysis`` section; ``results``, every unit's then stage's result with its
+    raw spectra (for W&B histograms); ``folder``, where the npz and figures that ``summary``
+    names are."""
+
+    summary: dict[str, Any]
+    results: list[dict]
+    folder: Path
+
+
+def compute_spectra(
+    net: ResidualNet,
+    images: torch.Tensor,
+    labels: torch.Tensor,
+    acfg: DictConfig,
+    advance: Advance | None = None,
+) -> Spectra:
+    """The spectra ``acfg`` asks for of ``net`` (eval mode) at ``images``; nothing written.
+    ``analysis.intervention`` is applied by the caller (:func:`intervened`), so that every
+    analysis sees the same network; it is recorded here."""
+    a = check_analysis(acfg, net)
+    options = {"method": a["method"], "tol": a["tol"], "top_k": a["top_k"], "dtype": a["dtype"]}
+    # analysis.solver: map_spectrum's sizes and budgets, for unit and stage maps alike.
+    options |= a["solver"]
+    unit_maps = [m for m in a["maps"] if m != "stage"]
+    progress = (lambda done, total: advance(f"{done}/{total}")) if advance else None
+    units: list[dict] = []
+    if unit_maps:
+        hist = a["histogram"]
+        units = analyze_units(
+            net, images, a["units"], unit_maps, progress=progress,
+            histogram=hist["units"], bins=hist["bins"], **options,
+        )  # fmt: skip
+    stages = (
+        analyze_stages(net, images, progress=progress, **options) if "stage" in a["maps"] else []
+    )
+    return Spectra(
+        units=units,
+        stages=stages,
+        accuracy=accuracy(net, images, labels),
+        images=len(images),
+        intervention=a["intervention"],
+    )
+
+
+def write_spectra(spectra: Spectra, out_dir: Path, tag: str) -> tuple[Path, list[Path]]:
+    """``spectra_<tag>.npz`` (every raw spectrum) and the PNG figures in ``out_dir``: the
+    histograms and sorted spectra of the maps that have them, the per-unit statistics."""
+    results = spectra.units + spectra.stages
+    out_dir.mkdir(parents=True, exist_ok=True)
+    spectra_file = write_bytes_atomic(
+        out_dir / f"spectra_{tag}.npz", _npz_bytes(spectra_arrays(results))
+    )
+    figures = []
+    panels, counted = _panels(results, "sigma"), _panels(spectra.units, "hist_counts")
+    title = f"singular values ({tag}, {spectra.images} images)"
+    if panels or counted:
+        hist = out_dir / f"spectra_hist_{tag}.png"
+        figures.append(spectrum_histograms(panels, hist, title, counted))
+    if panels:
+        figures.append(sorted_spectra(panels, out_dir / f"spectra_sorted_{tag}.png", title))
+    if spectra.units:
+        units_title = f"per-unit statistics ({tag}; band: +- std over {spectra.images} images)"
+        figures.append(
+            unit_statistics_figure(
+                [_strip(r) for r in spectra.units],
+                out_dir / f"spectra_units_{tag}.png",
+                units_title,
+            )
+        )
+    return spectra_file, figures
+
+
 def spectrum_analysis(
     net: ResidualNet,
     images: torch.Tensor,
@@ -205,67 +299,23 @@ def spectrum_analysis(
     out_dir: Path,
     tag: str,
     advance: Advance | None = None,
-) -> dict[str, Any]:
-    """Analyse ``net`` (eval mode) at ``images`` as ``acfg`` says; npz and PNGs go to ``out_dir``.
-    ``analysis.intervention`` is applied by the caller (:func:`intervened`), so that every
-    analysis sees the same network; it is recorded here.
-
-    Returns the JSON-ready ``analysis`` summary and, under ``"_results"`` and ``"_dir"``,
-    the full per-unit results (with raw spectra) and the figures' folder for loggers.
-    """
-    a = check_analysis(acfg, net)
+) -> SpectrumAnalysis:
+    """:func:`compute_spectra`, then :func:`write_spectra` into ``out_dir``: the one path of
+    ``resnet-dyn-analyze`` and the spectrum callback."""
     start = time.time()
-    options = {"method": a["method"], "tol": a["tol"], "top_k": a["top_k"], "dtype": a["dtype"]}
-    # analysis.solver: map_spectrum's sizes and budgets, for unit and stage maps alike.
-    options |= a["solver"]
-    unit_maps = [m for m in a["maps"] if m != "stage"]
-    progress = (lambda done, total: advance(f"{done}/{total}")) if advance else None
-    results: list[dict] = []
-    if unit_maps:
-        hist = a["histogram"]
-        results += analyze_units(
-            net, images, a["units"], unit_maps, progress=progress,
-            histogram=hist["units"], bins=hist["bins"], **options,
-        )  # fmt: skip
-    stages = (
-        analyze_stages(net, images, progress=progress, **options) if "stage" in a["maps"] else []
-    )
-    out_dir.mkdir(parents=True, exist_ok=True)
-    spectra_file = write_bytes_atomic(
-        out_dir / f"spectra_{tag}.npz", _npz_bytes(spectra_arrays(results + stages))
-    )
-
-    def strip(r: dict) -> dict:
-        return {k: v for k, v in r.items() if k != "raw"}
-
-    figures = []
-    panels, counted = _panels(results + stages, "sigma"), _panels(results, "hist_counts")
-    title = f"singular values ({tag}, {len(images)} images)"
-    if panels or counted:
-        hist = out_dir / f"spectra_hist_{tag}.png"
-        figures.append(spectrum_histograms(panels, hist, title, counted))
-    if panels:
-        figures.append(sorted_spectra(panels, out_dir / f"spectra_sorted_{tag}.png", title))
-    if results:
-        units_title = f"per-unit statistics ({tag}; band: +- std over {len(images)} images)"
-        figures.append(
-            unit_statistics_figure(
-                [strip(r) for r in results], out_dir / f"spectra_units_{tag}.png", units_title
-            )
-        )
-
-    return {
-        "accuracy": accuracy(net, images, labels),
-        "images": len(images),
-        "intervention": a["intervention"],
-        "units": [strip(r) for r in results],
-        "stages": [strip(r) for r in stages],
+    spectra = compute_spectra(net, images, labels, acfg, advance)
+    spectra_file, figures = write_spectra(spectra, out_dir, tag)
+    summary = {
+        "accuracy": spectra.accuracy,
+        "images": spectra.images,
+        "intervention": spectra.intervention,
+        "units": [_strip(r) for r in spectra.units],
+        "stages": [_strip(r) for r in spectra.stages],
         "spectra_file": spectra_file.name,
         "figures": [f.name for f in figures],
         "time_s": time.time() - start,
-        "_results": results + stages,
-        "_dir": out_dir,
     }
+    return SpectrumAnalysis(summary, spectra.units + spectra.stages, out_dir)
 
 
 LOGGED_STATS = ("frac_one", "frac_gt_one", "frac_zero", "sigma_max", "sigma_min", "cond")
@@ -304,14 +354,14 @@ def spectrum_rows(analysis: dict[str, Any], epoch: int) -> tuple[list[str], list
     return columns, rows
 
 
-def wandb_spectra(analysis: dict[str, Any], epoch: int) -> dict[str, Any]:
+def wandb_spectra(analysis: SpectrumAnalysis, epoch: int) -> dict[str, Any]:
     """What W&B shows of a spectrum analysis, ready for ``run.log``: the table of
     :func:`spectrum_rows` (``spectrum/table``), ``frac_one`` against the unit index, one
     line per map (``spectrum/frac_one_by_unit``), a histogram of every computed spectrum,
     and the PNG figures (``figures/spectra_hist``, ...)."""
     import wandb
 
-    columns, rows = spectrum_rows(analysis, epoch)
+    columns, rows = spectrum_rows(analysis.summary, epoch)
     table = wandb.Table(columns=columns, data=[r for r in rows if r[1] >= 0])
     out: dict[str, Any] = {
         "spectrum/table": table,
@@ -319,16 +369,16 @@ def wandb_spectra(analysis: dict[str, Any], epoch: int) -> dict[str, Any]:
             table, "unit", "frac_one", stroke="map", title=f"frac_one per unit (epoch {epoch})"
         ),
     }
-    for r in analysis["_results"]:
+    for r in analysis.results:
         what = "stage" if "units" in r else "unit"
         for kind, raw in r["raw"].items():
             if "sigma" in raw:
                 out[f"spectrum/{what}_{r['index']:02d}/{kind}/hist"] = wandb.Histogram(
                     np.asarray(raw["sigma"]).ravel(), num_bins=128
                 )
-    for name in analysis["figures"]:
+    for name in analysis.summary["figures"]:
         out[f"figures/{Path(name).stem.rsplit('_', 1)[0]}"] = wandb.Image(
-            str(analysis["_dir"] / name)
+            str(analysis.folder / name)
         )
     return out
 

@@ -89,7 +89,6 @@ class SpectrumCallback(L.Callback):
                     f"epoch{epoch:03d}",
                     advance,
                 )
-        log_results(trainer, spectrum_scalars(result), lambda: wandb_spectra(result, epoch), epoch)
-        result.pop("_results")
-        result.pop("_dir")
-        self.summary = {**result, "epoch": epoch}
+        scalars = spectrum_scalars(result.summary)
+        log_results(trainer, scalars, lambda: wandb_spectra(result, epoch), epoch)
+        self.summary = {**result.summary, "epoch": epoch}
