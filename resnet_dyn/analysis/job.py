@@ -18,18 +18,17 @@ from resnet_dyn.analysis.run import (
     identity_run,
     identity_scalars,
     intervened,
-    perturbation_charts,
     perturbation_run,
     perturbation_scalars,
     probe,
     spectrum_analysis,
     spectrum_scalars,
-    wandb_spectra,
 )
 from resnet_dyn.config.build import build
 from resnet_dyn.config.checks import check_job_config, check_perturbation
 from resnet_dyn.errors import ConfigError, check_choice
 from resnet_dyn.files import write_json_atomic
+from resnet_dyn.logs.wandb_charts import perturbation_charts, wandb_spectra
 from resnet_dyn.logs.wandb_run import finish_wandb, start_wandb
 from resnet_dyn.models import ResidualNet
 from resnet_dyn.models.checkpoints import FORMATS, load_model
@@ -121,7 +120,7 @@ def run_analysis_job(cfg: DictConfig) -> dict[str, Any]:
                 {
                     "epoch": epoch,
                     **spectrum_scalars(result.summary),
-                    **wandb_spectra(result, epoch),
+                    **wandb_spectra(result.summary, result.results, result.folder, epoch),
                     **perturbation_scalars(pert),
                     **perturbation_charts(pert, "final", job_dir / "analysis"),
                     **(identity_scalars(ident) if ident else {}),

@@ -21,13 +21,13 @@ import numpy as np
 import torch
 from omegaconf import DictConfig
 
-from resnet_dyn.config.checks import MAPS, check_analysis_config
+from resnet_dyn.config.checks import check_analysis_config
 from resnet_dyn.dynamics import accuracy, analyze_stages, analyze_units, spectra_arrays
 from resnet_dyn.dynamics import with_intervention as intervene
-from resnet_dyn.dynamics.perturbation import SHARES
+from resnet_dyn.dynamics.maps import MAP_KINDS
 from resnet_dyn.errors import ConfigError
 from resnet_dyn.files import write_bytes_atomic
-from resnet_dyn.logs.wandb_run import wandb_curves
+from resnet_dyn.logs.wandb_charts import LOGGED_STATS
 from resnet_dyn.models import ResidualNet
 from resnet_dyn.plots.dynamics import perturbation_growth
 from resnet_dyn.plots.spectra import sorted_spectra, spectrum_histograms, unit_statistics_figure
@@ -131,35 +131,6 @@ def perturbation_scalars(pert: dict[str, Any]) -> dict[str, float]:
     return {
         f"perturbation/{k}": float(pert[k]) for k in PERTURBATION_SCALARS if pert[k] is not None
     }
-
-
-def perturbation_charts(pert: dict[str, Any], when: str, folder: Path) -> dict[str, Any]:
-    """W&B line plots of the relative and absolute perturbation sizes against the state
-    index, and the figure (in ``folder``) as ``figures/perturbation``."""
-    import wandb
-
-    k = range(len(pert["adversarial_rel"]))
-    charts = {
-        f"perturbation/{scale}": wandb_curves(
-            k,
-            {kind: pert[f"{kind}_{scale}"] for kind in ("adversarial", "random")},
-            f"{scale} perturbation size per unit ({when})",
-            "unit k",
-        )
-        for scale in ("rel", "abs")
-    }
-    charts["figures/perturbation"] = wandb.Image(str(folder / pert["figure"]))
-    proj = pert.get("projection")
-    if proj:
-        rows = [
-            [unit, kind, *(proj[kind][share][i] for share in SHARES)]
-            for i, unit in enumerate(proj["units"])
-            for kind in ("adversarial", "random")
-        ]
-        charts["perturbation/projection"] = wandb.Table(
-            columns=["unit", "perturbation", *SHARES], data=rows
-        )
-    return charts
 
 
 def identity_run(net: ResidualNet, datamodule: Any, images: int) -> dict[str, Any] | None:
@@ -318,68 +289,18 @@ def spectrum_analysis(
     return SpectrumAnalysis(summary, spectra.units + spectra.stages, out_dir)
 
 
-LOGGED_STATS = ("frac_one", "frac_gt_one", "frac_zero", "sigma_max", "sigma_min", "cond")
-
-
 def spectrum_scalars(analysis: dict[str, Any], prefix: str = "spectrum") -> dict[str, float]:
     """Flat scalars for loggers: ``spectrum/unit_07/sum/frac_one``, ``spectrum/accuracy``, ..."""
     out = {f"{prefix}/accuracy": float(analysis["accuracy"])}
     for r in analysis["units"] + analysis["stages"]:
         what = "stage" if "units" in r else "unit"
-        for kind in MAPS:
+        for kind in MAP_KINDS:
             for stat in LOGGED_STATS:
                 section = r.get(kind)
                 value = section.get(stat) if isinstance(section, dict) else None
                 if isinstance(value, (int, float)) and np.isfinite(value):
                     out[f"{prefix}/{what}_{r['index']:02d}/{kind}/{stat}"] = float(value)
     out[f"{prefix}/time_s"] = float(analysis["time_s"])
-    return out
-
-
-TABLE_STATS = (*LOGGED_STATS, "frac_one_std", "frac_one_err", "fractions", "method")
-
-
-def spectrum_rows(analysis: dict[str, Any], epoch: int) -> tuple[list[str], list[list[Any]]]:
-    """One row per (epoch, unit or stage, map) of a spectrum analysis: its statistics."""
-    columns = ["epoch", "unit", "stage", "map", "dim", *TABLE_STATS]
-    rows = []
-    for r in analysis["units"] + analysis["stages"]:
-        unit = r["index"] if "units" not in r else -1  # a whole stage's map: unit -1
-        stage = r.get("stage", r["index"])
-        for kind in MAPS:
-            section = r.get(kind)
-            if isinstance(section, dict):
-                dim = min(r["dim_in"], r["dim_out"])
-                rows.append([epoch, unit, stage, kind, dim, *(section.get(k) for k in TABLE_STATS)])
-    return columns, rows
-
-
-def wandb_spectra(analysis: SpectrumAnalysis, epoch: int) -> dict[str, Any]:
-    """What W&B shows of a spectrum analysis, ready for ``run.log``: the table of
-    :func:`spectrum_rows` (``spectrum/table``), ``frac_one`` against the unit index, one
-    line per map (``spectrum/frac_one_by_unit``), a histogram of every computed spectrum,
-    and the PNG figures (``figures/spectra_hist``, ...)."""
-    import wandb
-
-    columns, rows = spectrum_rows(analysis.summary, epoch)
-    table = wandb.Table(columns=columns, data=[r for r in rows if r[1] >= 0])
-    out: dict[str, Any] = {
-        "spectrum/table": table,
-        "spectrum/frac_one_by_unit": wandb.plot.line(
-            table, "unit", "frac_one", stroke="map", title=f"frac_one per unit (epoch {epoch})"
-        ),
-    }
-    for r in analysis.results:
-        what = "stage" if "units" in r else "unit"
-        for kind, raw in r["raw"].items():
-            if "sigma" in raw:
-                out[f"spectrum/{what}_{r['index']:02d}/{kind}/hist"] = wandb.Histogram(
-                    np.asarray(raw["sigma"]).ravel(), num_bins=128
-                )
-    for name in analysis.summary["figures"]:
-        out[f"figures/{Path(name).stem.rsplit('_', 1)[0]}"] = wandb.Image(
-            str(analysis.folder / name)
-        )
     return out
 
 

@@ -41,7 +41,7 @@ import os
 import secrets
 import string
 import sys
-from collections.abc import Mapping, Sequence
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
@@ -235,18 +235,3 @@ def finish_wandb(exit_code: int = 0, summary: Mapping[str, Any] | None = None) -
     if summary:
         wandb.run.summary.update({k: v for k, v in summary.items() if v is not None})
     wandb.finish(exit_code=exit_code)
-
-
-def wandb_curves(
-    xs: Sequence[float], curves: Mapping[str, Sequence[float]], title: str, xname: str
-) -> Any:
-    """A W&B line plot of several curves against the same x (e.g. one value per unit)."""
-    import wandb
-
-    return wandb.plot.line_series(
-        xs=list(xs),
-        ys=[list(map(float, y)) for y in curves.values()],
-        keys=list(curves),
-        title=title,
-        xname=xname,
-    )

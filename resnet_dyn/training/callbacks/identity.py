@@ -19,7 +19,7 @@ from omegaconf import DictConfig
 
 from resnet_dyn.dynamics.identity import identity_magnitudes
 from resnet_dyn.errors import ConfigError, check_int, check_positive
-from resnet_dyn.logs.wandb_run import wandb_curves
+from resnet_dyn.logs.wandb_charts import wandb_curves
 from resnet_dyn.plots.spectra import unit_curves
 from resnet_dyn.training.callbacks.base import (
     evaluating,

@@ -35,6 +35,7 @@ from resnet_dyn.dynamics.transient import (
     trajectory,
 )
 from resnet_dyn.errors import ConfigError, check_bool, check_int, check_positive
+from resnet_dyn.logs.wandb_charts import wandb_image
 from resnet_dyn.models import DenseResNet, ResidualNet, drop_last_unit
 from resnet_dyn.plots.dynamics import class_trajectories, depth_per_epoch
 from resnet_dyn.training.callbacks.base import (
@@ -168,12 +169,11 @@ class LagziCallback(L.Callback):
             "depth_figure": depth_figure.name,
         }
 
-        def image() -> dict[str, Any]:
-            import wandb
-
-            return {"lagzi/trajectories": wandb.Image(str(figure))}
-
-        log_results(trainer, {"lagzi/final_depth": float(len(net.units))}, image)
+        log_results(
+            trainer,
+            {"lagzi/final_depth": float(len(net.units))},
+            lambda: {"lagzi/trajectories": wandb_image(figure)},
+        )
 
     def analysis_summary(self) -> dict[str, Any]:
         """``{"transient": {...}}``: depth and criterion per epoch, trajectory file and figures."""

@@ -20,12 +20,12 @@ from omegaconf import DictConfig
 
 from resnet_dyn.analysis.run import (
     check_probe,
-    perturbation_charts,
     perturbation_run,
     perturbation_scalars,
 )
 from resnet_dyn.config.checks import check_perturbation, check_tol, check_units
 from resnet_dyn.errors import check_int
+from resnet_dyn.logs.wandb_charts import perturbation_charts
 from resnet_dyn.training.callbacks.base import evaluating, is_last_epoch, log_results
 
 

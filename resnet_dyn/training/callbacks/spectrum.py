@@ -22,9 +22,9 @@ from resnet_dyn.analysis.run import (
     intervened,
     spectrum_analysis,
     spectrum_scalars,
-    wandb_spectra,
 )
 from resnet_dyn.errors import check_int
+from resnet_dyn.logs.wandb_charts import wandb_spectra
 from resnet_dyn.progress import unit_progress
 from resnet_dyn.training.callbacks.base import evaluating, is_last_epoch, log_results
 
@@ -90,5 +90,9 @@ class SpectrumCallback(L.Callback):
                     advance,
                 )
         scalars = spectrum_scalars(result.summary)
-        log_results(trainer, scalars, lambda: wandb_spectra(result, epoch), epoch)
+
+        def charts() -> dict[str, Any]:
+            return wandb_spectra(result.summary, result.results, result.folder, epoch)
+
+        log_results(trainer, scalars, charts, epoch)
         self.summary = {**result.summary, "epoch": epoch}
