@@ -215,13 +215,25 @@ def map_spectrum(
     if stats["method"] != "lanczos":
         stats["method"] += "+" + ("lanczos" if small.method == "gram" else small.method)
     smax, smin = big.values[0].item(), small.values[0].item()
+    # An end counts as converged when its method says so and its Rayleigh-Ritz residual
+    # ||J^T J v - sigma^2 v|| is at most lanczos_tol * sigma_max^2. An unconverged value
+    # is a bound (a Ritz value lies inside the spectrum: sigma_max from below, sigma_min
+    # from above), kept as ``sigma_*_bound``; the value itself is NaN, so that no summary,
+    # logger or report shows it as a plain number.
+    limit = lanczos_tol * smax**2
+    ok_max = big.converged and big.residuals[0].item() <= limit
+    ok_min = small.converged and small.residuals[0].item() <= limit
     stats |= {
-        "sigma_max": smax,
-        "sigma_min": smin,
-        "cond": condition(smax, smin),
+        "sigma_max": smax if ok_max else math.nan,
+        "sigma_min": smin if ok_min else math.nan,
+        "cond": condition(smax, smin) if ok_max and ok_min else math.nan,
+        "sigma_max_bound": smax,
+        "sigma_min_bound": smin,
         "sigma_max_residual": big.residuals[0].item(),
         "sigma_min_residual": small.residuals[0].item(),
-        "converged": big.converged and small.converged,
+        "sigma_max_converged": ok_max,
+        "sigma_min_converged": ok_min,
+        "converged": ok_max and ok_min,
         "note": note,
     }
     return MapSpectrum(stats, None, big.values, small.values)

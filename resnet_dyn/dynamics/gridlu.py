@@ -72,12 +72,25 @@ def _pixel_blocks(
     return block
 
 
+# A pivot block whose smallest pivot is below this share of its largest entry is taken as
+# nearly singular: the static order of a dissection cannot pivot across fronts, so the
+# rounding of everything after it would be amplified by the inverse of that pivot.
+PIVOT_RTOL = 1e-11
+
+
 def lu_factor_checked(A: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """``torch.linalg.lu_factor`` raising ``LinAlgError`` (not a bare RuntimeError) when a
-    pivot is exactly zero, so that callers can tell a singular matrix from a bug."""
+    pivot is zero, or below ``PIVOT_RTOL`` of A's largest entry (nearly singular), so that
+    callers can tell a singular matrix from a bug and fall back."""
     lu, piv, info = torch.linalg.lu_factor_ex(A)
     if info.item() > 0:
         raise torch.linalg.LinAlgError(f"pivot {info.item()} of a {A.shape[0]}-block is zero")
+    if A.numel():
+        smallest = lu.diagonal().abs().min()
+        if smallest <= PIVOT_RTOL * A.abs().max():
+            raise torch.linalg.LinAlgError(
+                f"a {A.shape[0]}-block is nearly singular (pivot {smallest.item():.1e})"
+            )
     return lu, piv
 
 

@@ -41,7 +41,7 @@ from collections.abc import Sequence
 
 import torch
 
-from resnet_dyn.dynamics.gridlu import dissection
+from resnet_dyn.dynamics.gridlu import PIVOT_RTOL, dissection
 from resnet_dyn.dynamics.jacobian import LocalJacobian, local_jacobian
 from resnet_dyn.dynamics.maps import UnitMap
 from resnet_dyn.dynamics.reduced import (
@@ -145,12 +145,6 @@ def count_below(gram: LocalJacobian, shifts: Sequence[float], *, leaf: int = 512
     ones = torch.ones(len(shift), 1, dtype=gram.kernels.dtype, device=dev)
     negatives = negative_eigenvalues([gram], ones, keep, shift=shift, leaf=leaf)
     return [n + (dropped if s > 0 else 0) for n, s in zip(negatives, shifts, strict=True)]
-
-
-# A pivot block whose smallest pivot is below this share of its largest entry is taken as
-# nearly singular: the static order of the dissection cannot pivot across fronts, so its
-# Schur complement would carry rounding amplified by the inverse of that pivot.
-PIVOT_RTOL = 1e-11
 
 
 def negative_eigenvalues(

@@ -287,7 +287,7 @@ def extreme_singular_values(
         out = {end: to_singular(f, p, vectors) for end, p in pairs.items()}
     if invert:
         out["smallest"] = _shift_invert(
-            f, native, k, invert_tol, block_size, max_matvecs, seed, vectors, local
+            f, native, k, invert_tol, block_size, max_matvecs, seed, vectors, local, tol
         )
     return out
 
@@ -302,12 +302,15 @@ def _shift_invert(
     seed: int,
     vectors: bool,
     local: LocalJacobian | None = None,
+    fallback_tol: float = 1e-9,
 ) -> SingularTriplets:
     """The k smallest singular values of a square J(f) from Lanczos on (J^T J)^-1.
 
     J is formed from ``native`` (the map in its own dtype, float32 for a trained net:
     coloring in float64 costs 4x as much) and factored in float64; the final
-    Rayleigh-Ritz step uses ``f`` itself."""
+    Rayleigh-Ritz step uses ``f`` itself. Where J or a pivot block is singular or nearly
+    so, block Lanczos on J^T J runs instead with the caller's settings (``fallback_tol``:
+    the caller's Gram stop)."""
     try:
         solve, solve_t = _factor(f, native, local)
 
@@ -326,11 +329,20 @@ def _shift_invert(
             check_every=block_size or k,
             device=f.x.device,
         )["largest"]
-    except torch.linalg.LinAlgError:  # J (or a pivot block) singular
+    except torch.linalg.LinAlgError:  # J (or a pivot block) singular, or nearly so
+        # Plain Lanczos on J^T J instead, with the caller's block, budget, seed and stop.
         pairs = block_lanczos(
-            gram_operator(f)[0], f.dim_in, k, "smallest", tol=tol, device=f.x.device
+            gram_operator(f)[0],
+            f.dim_in,
+            k,
+            "smallest",
+            block_size=block_size,
+            tol=fallback_tol,
+            max_matvecs=max_matvecs,
+            seed=seed,
+            device=f.x.device,
         )
-        return to_singular(f, pairs["smallest"])
+        return to_singular(f, pairs["smallest"], vectors)
     # Rayleigh-Ritz with J itself on the converged subspace: sigma^2 to full accuracy and
     # the Gram residuals ||J^T J z - sigma^2 z|| that the other methods report.
     with torch.no_grad():
@@ -341,7 +353,32 @@ def _shift_invert(
     residuals = (JtJZ - theta[:, None] * Z).norm(dim=1)
     sigma = theta.clamp_min(0).sqrt()
     vecs = Z.view(-1, *f.in_shape) if vectors else None
-    return SingularTriplets(sigma, residuals, vecs, pairs.converged, pairs.matvecs, "shift_invert")
+    # Converged only if the Rayleigh-Ritz residuals with J itself are small: a wrong or
+    # inaccurate factorization can converge on its own operator and miss J's end.
+    scale = _largest_gram_value(f)
+    converged = pairs.converged and bool((residuals <= RESIDUAL_RTOL * scale).all())
+    return SingularTriplets(sigma, residuals, vecs, converged, pairs.matvecs, "shift_invert")
+
+
+# Shift-invert's final Rayleigh-Ritz residuals ||J^T J z - sigma^2 z|| count as converged
+# up to this share of sigma_max^2 (estimated by a few power steps): the stop of the Gram
+# Lanczos runs, so that every method's "converged" means the same.
+RESIDUAL_RTOL = 1e-6
+
+
+def _largest_gram_value(f: UnitMap, steps: int = 8, seed: int = 0) -> float:
+    """A lower estimate of sigma_max^2 of J(f) by a few power steps on J^T J (enough for a
+    relative residual test)."""
+    gen = torch.Generator(f.x.device).manual_seed(seed)
+    v = torch.randn(1, *f.in_shape, generator=gen, dtype=torch.float64, device=f.x.device)
+    jv, vj = jvp_op(f), vjp_op(f)
+    with torch.no_grad():
+        for _ in range(steps):
+            v = v / v.norm()
+            w = vj(jv(v.to(f.dtype))).to(torch.float64)
+            lam = float((w * v).sum())
+            v = w
+    return lam
 
 
 def _factor(
