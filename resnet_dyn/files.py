@@ -3,11 +3,15 @@
 from __future__ import annotations
 
 import errno
+import io
 import json
 import os
 import tempfile
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
+
+import numpy as np
 
 # The errors that mean "this folder cannot take our files", as opposed to a bug.
 UNWRITABLE = {
@@ -69,6 +73,13 @@ def write_json_atomic(path: str | os.PathLike, obj: Any) -> Path:
     """Write ``obj`` as indented JSON, atomically; tensors and arrays become lists."""
     text = json.dumps(obj, indent=2, sort_keys=False, default=_jsonable)
     return write_bytes_atomic(path, (text + "\n").encode())
+
+
+def write_npz_atomic(path: str | os.PathLike, arrays: Mapping[str, np.ndarray]) -> Path:
+    """Write ``arrays`` as a compressed ``.npz``, atomically."""
+    buf = io.BytesIO()
+    np.savez_compressed(buf, **arrays)
+    return write_bytes_atomic(path, buf.getvalue())
 
 
 def _jsonable(obj: Any) -> Any:

@@ -10,7 +10,6 @@ perturbations (:func:`perturbation_run`) and identity magnitudes (:func:`identit
 
 from __future__ import annotations
 
-import io
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -26,7 +25,7 @@ from resnet_dyn.dynamics import accuracy, analyze_stages, analyze_units, spectra
 from resnet_dyn.dynamics import with_intervention as intervene
 from resnet_dyn.dynamics.maps import MAP_KINDS
 from resnet_dyn.errors import ConfigError
-from resnet_dyn.files import write_bytes_atomic
+from resnet_dyn.files import write_npz_atomic
 from resnet_dyn.logs.wandb_charts import LOGGED_STATS
 from resnet_dyn.models import ResidualNet
 from resnet_dyn.plots.dynamics import perturbation_growth
@@ -152,12 +151,6 @@ def intervened(net: ResidualNet, intervention: dict[str, Any]) -> ResidualNet:
     return intervene(net, skip_scale=alpha, weight_scale=beta, units=intervention.get("units"))
 
 
-def _npz_bytes(arrays: dict[str, np.ndarray]) -> bytes:
-    buf = io.BytesIO()
-    np.savez_compressed(buf, **arrays)
-    return buf.getvalue()
-
-
 def _panels(results: Sequence[dict], field: str) -> dict[str, dict[str, Any]]:
     """Per unit, per map: all singular values (``field="sigma"``) or the exact histogram
     summed over images (``"hist_counts"``: ``(counts, edges)``), where there is one."""
@@ -239,9 +232,7 @@ def write_spectra(spectra: Spectra, out_dir: Path, tag: str) -> tuple[Path, list
     histograms and sorted spectra of the maps that have them, the per-unit statistics."""
     results = spectra.units + spectra.stages
     out_dir.mkdir(parents=True, exist_ok=True)
-    spectra_file = write_bytes_atomic(
-        out_dir / f"spectra_{tag}.npz", _npz_bytes(spectra_arrays(results))
-    )
+    spectra_file = write_npz_atomic(out_dir / f"spectra_{tag}.npz", spectra_arrays(results))
     figures = []
     panels, counted = _panels(results, "sigma"), _panels(spectra.units, "hist_counts")
     title = f"singular values ({tag}, {spectra.images} images)"

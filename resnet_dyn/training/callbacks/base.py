@@ -7,17 +7,12 @@ log_results(trainer, {"identity/scaled_mean": 0.07}, lambda: {"identity/blocks":
 
 from __future__ import annotations
 
-import io
 from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
-from pathlib import Path
 from typing import Any
 
 import lightning as L
-import numpy as np
 from torch import nn
-
-from resnet_dyn.files import write_bytes_atomic
 
 
 @contextmanager
@@ -59,10 +54,3 @@ def log_results(
             logger.experiment.log(
                 {**wandb_extras(), "epoch": epoch, "trainer/global_step": trainer.global_step}
             )
-
-
-def write_npz(path: Path, arrays: Mapping[str, np.ndarray]) -> Path:
-    """Compressed ``.npz`` of ``arrays``, written atomically."""
-    buf = io.BytesIO()
-    np.savez_compressed(buf, **arrays)
-    return write_bytes_atomic(path, buf.getvalue())

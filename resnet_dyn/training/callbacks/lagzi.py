@@ -35,6 +35,7 @@ from resnet_dyn.dynamics.transient import (
     trajectory,
 )
 from resnet_dyn.errors import ConfigError, check_bool, check_int, check_positive
+from resnet_dyn.files import write_npz_atomic
 from resnet_dyn.logs.wandb_charts import wandb_image
 from resnet_dyn.models import DenseResNet, ResidualNet, drop_last_unit
 from resnet_dyn.plots.dynamics import class_trajectories, depth_per_epoch
@@ -42,7 +43,6 @@ from resnet_dyn.training.callbacks.base import (
     evaluating,
     is_last_epoch,
     log_results,
-    write_npz,
 )
 
 KEY = "callbacks.lagzi"
@@ -141,7 +141,7 @@ class LagziCallback(L.Callback):
         c = convergence(traj.residuals).mean(0).cpu().numpy()
         self.out_dir.mkdir(parents=True, exist_ok=True)
         arrays = {"mean": mean, "std": std, "classes": stats["classes"], "convergence": c}
-        npz = write_npz(self.out_dir / "transient_trajectories.npz", arrays)
+        npz = write_npz_atomic(self.out_dir / "transient_trajectories.npz", arrays)
         title = f"residuals per class, {len(labels)} samples, {mean.shape[1]} layers"
         figure = class_trajectories(
             mean, std, stats["classes"], self.out_dir / "transient_trajectories.png", title
