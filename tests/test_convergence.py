@@ -122,3 +122,22 @@ def test_nearly_singular_pivot_blocks_are_detected() -> None:
         GridLU.factor(bad, bad.out_shape, (1, 1), leaf=16)
     with pytest.raises(torch.linalg.LinAlgError, match="nearly singular"):
         count_below(bad, [0.0], leaf=16)
+
+
+def test_the_report_shows_no_mean_over_an_unconverged_value(tmp_path) -> None:
+    """A job whose unit 1 sigma_max did not converge (NaN in summary.json): its
+    spectrum/sum/sigma_max cell is empty, not the mean of the other units, and
+    spectrum/unconverged counts the map."""
+    from resnet_dyn.report.sweep import Job, job_scalars
+
+    def unit(index: int, smax: float, ok: bool) -> dict:
+        stats = {"frac_one": 0.5, "frac_gt_one": 0.1, "sigma_max": smax, "converged": ok}
+        return {"index": index, "sum": stats, "unit": dict(stats, sigma_max=1.0, converged=True)}
+
+    done = {"analysis": {"units": [unit(0, 2.0, True), unit(1, 3.0, True)]}}
+    nan = {"analysis": {"units": [unit(0, 2.0, True), unit(1, math.nan, False)]}}
+    good = job_scalars(Job("a", tmp_path, {}, "completed", done))
+    bad = job_scalars(Job("b", tmp_path, {}, "completed", nan))
+    assert good["spectrum/sum/sigma_max"] == 2.5 and good["spectrum/unconverged"] == 0
+    assert bad["spectrum/sum/sigma_max"] is None and bad["spectrum/unconverged"] == 1
+    assert bad["spectrum/sum/frac_one"] == 0.5

@@ -29,6 +29,15 @@ from resnet_dyn.cli import CONFIG_DIR
 from resnet_dyn.errors import UserError, exit_for_user_error
 
 
+def _cell(section: dict[str, Any], key: str) -> str:
+    """A statistic for the console; an extreme that did not converge shows as such, with
+    the bound it is (never as a plain number)."""
+    if section.get(f"{key}_converged") is False:
+        side = ">=" if key == "sigma_max" else "<="
+        return f"not converged ({side} {section[f'{key}_bound']:.4f})"
+    return f"{section[key]:.4f}"
+
+
 def _print_units(summary: dict[str, Any]) -> None:
     from rich.console import Console
     from rich.table import Table
@@ -43,7 +52,7 @@ def _print_units(summary: dict[str, Any]) -> None:
             s = r.get(kind)
             if isinstance(s, dict):
                 where = [str(r["index"]), str(r.get("stage", r["index"])), kind]
-                table.add_row(*where, *(f"{s[k]:.4f}" for k in stats), s["method"])
+                table.add_row(*where, *(_cell(s, k) for k in stats), s["method"])
     Console(width=max(Console().width, 132)).print(table)
 
 

@@ -22,7 +22,17 @@ from resnet_dyn.dynamics.perturbation import SHARES
 # The statistics of each map logged as scalars (spectrum/unit_07/sum/frac_one, ...) and
 # the columns of the spectrum table, which adds what a table holds better than a curve.
 LOGGED_STATS = ("frac_one", "frac_gt_one", "frac_zero", "sigma_max", "sigma_min", "cond")
-TABLE_STATS = (*LOGGED_STATS, "frac_one_std", "frac_one_err", "fractions", "method")
+# An unconverged extreme is NaN in its column and False in its *_converged column.
+TABLE_STATS = (
+    *LOGGED_STATS,
+    "frac_one_std",
+    "frac_one_err",
+    "fractions",
+    "method",
+    "count_route",
+    "sigma_max_converged",
+    "sigma_min_converged",
+)
 
 
 def wandb_curves(

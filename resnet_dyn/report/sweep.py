@@ -38,6 +38,7 @@ SPECTRUM_STATS = (
 )
 ANALYSIS = (
     *(f"spectrum/{m}/{s}" for m, s in SPECTRUM_STATS),
+    "spectrum/unconverged",  # maps whose sigma_max or sigma_min did not converge (NaN)
     "identity/scaled_mean",
     "identity/abs_mean",
     "perturbation/final_ratio",
@@ -240,10 +241,25 @@ def alpha_beta(job: Job) -> tuple[Any, Any]:
 
 
 def spectrum_mean(job: Job, map_name: str, stat: str) -> float | None:
-    """The mean over the analysed units of one statistic of one map."""
-    values = [finite((u.get(map_name) or {}).get(stat)) for u in job.analysis.get("units") or []]
-    values = [v for v in values if v is not None]
-    return float(np.mean(values)) if values else None
+    """The mean over the analysed units of one statistic of one map; None (an empty cell)
+    when a unit's value is not a number: an extreme that did not converge is NaN in
+    summary.json, and a mean over the other units would read as a plain value."""
+    raw = [(u.get(map_name) or {}).get(stat) for u in job.analysis.get("units") or []]
+    raw = [v for v in raw if v is not None]
+    values = [finite(v) for v in raw]
+    if not values or any(v is None for v in values):
+        return None
+    return float(np.mean(values))
+
+
+def unconverged_maps(job: Job) -> int | None:
+    """How many (unit, map) spectra of the job have an extreme that did not converge."""
+    units = job.analysis.get("units")
+    if not units:
+        return None
+    return sum(
+        1 for u in units for m in ("sum", "unit") if (u.get(m) or {}).get("converged") is False
+    )
 
 
 def job_scalars(job: Job) -> dict[str, float | None]:
@@ -251,6 +267,7 @@ def job_scalars(job: Job) -> dict[str, float | None]:
     a = job.analysis
     identity, perturbation = a.get("identity") or {}, a.get("perturbation") or {}
     out = {f"spectrum/{m}/{s}": spectrum_mean(job, m, s) for m, s in SPECTRUM_STATS}
+    out["spectrum/unconverged"] = unconverged_maps(job)
     out["identity/scaled_mean"] = finite(identity.get("scaled_mean"))
     out["identity/abs_mean"] = finite(identity.get("abs_mean"))
     out["perturbation/final_ratio"] = finite(perturbation.get("final_ratio"))
