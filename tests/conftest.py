@@ -119,3 +119,79 @@ def tmpfs(tmp_path):
     yield mount
     for where in mounted:
         subprocess.run(["umount", str(where)], capture_output=True)
+
+
+# --- Keeping the suite fast -----------------------------------------------------------------
+# `make test` runs every test (CI runs it); `make test-fast` deselects the `slow` mark: the
+# system tests that each start several real processes or a whole sweep. A test is slow by its
+# own `@pytest.mark.slow`, or by using one of these shared real-sweep fixtures.
+SLOW_FIXTURES = {"slurm_cluster", "analysed_sweep"}
+
+
+def pytest_collection_modifyitems(config, items):
+    for item in items:
+        if SLOW_FIXTURES & set(getattr(item, "fixturenames", ())):
+            item.add_marker(pytest.mark.slow)
+
+
+def run_clis(cases: dict, jobs: int = 2) -> dict:
+    """:func:`run_cli` for each ``key: (args, cwd, kwargs)`` of ``cases``, ``jobs`` at a time;
+    returns ``key: CompletedProcess``. For tests of one-line errors, whose few seconds each
+    are the interpreter importing torch and Lightning on one core: two at once use both
+    cores of a CI runner, and each test still asserts on its own process alone."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    with ThreadPoolExecutor(max_workers=jobs) as pool:
+        futures = {
+            key: pool.submit(run_cli, args, cwd, **kwargs)
+            for key, (args, cwd, kwargs) in cases.items()
+        }
+        return {key: future.result() for key, future in futures.items()}
+
+
+def selected_params(request, function: str) -> list[dict]:
+    """The parameters of each selected test of ``function`` in the requesting module (the
+    ones this run will call, after -k or -m), so a shared fixture does only their work."""
+    module = request.node.path if hasattr(request.node, "path") else None
+    return [
+        item.callspec.params
+        for item in request.session.items
+        if getattr(item, "originalname", None) == function
+        and getattr(item, "path", None) == module
+        and hasattr(item, "callspec")
+    ]
+
+
+# The tag a report must escape (tests/test_report.py) doubles as the marker that shows the
+# secrets scan of tests/test_faults.py does see what the configs carry.
+NASTY_TAG = "<script>alert(1)</script>"
+# A W&B key and another secret in the environment, as on a cluster node.
+SECRETS = {"WANDB_API_KEY": "0123456789abcdef" * 2 + "feedface", "MY_SERVICE_TOKEN": "s3cr3t-4242"}
+
+
+@pytest.fixture(scope="session")
+def analysed_sweep(tmp_path_factory) -> tuple[Path, subprocess.CompletedProcess, str]:
+    """One real sweep, shared by the report's tests and the secrets scan (they used to make a
+    sweep each): 2 x 2 jobs of a CIFAR ResNet with every analysis and offline W&B, run with
+    :data:`SECRETS` in the environment; model.depth=21 fails both of its jobs. Returns the
+    sweep folder, the ``resnet-dyn-report`` run on it (same environment), and everything the
+    two commands printed."""
+    root = tmp_path_factory.mktemp("report") / "sweep"
+    args = [
+        "-m",
+        "debug=tiny",
+        "trainer.enable_progress_bar=false",
+        "model.depth=8,21",
+        "data.batch_size=16,32",
+        "callbacks=all_analyses",
+        "analysis.images=2",
+        "analysis.units=[0]",
+        "analysis.identity.images=8",
+        f'tags=["{NASTY_TAG}"]',
+        f"hydra.sweep.dir={root}",
+    ]
+    made = run_cli(args, cwd=root.parent, env=SECRETS)
+    assert made.returncode == 0, made.stderr[-2000:]
+    report = run_cli([str(root)], cwd=root.parent, module="resnet_dyn.cli.report", env=SECRETS)
+    printed = made.stdout + made.stderr + report.stdout + report.stderr
+    return root, report, printed

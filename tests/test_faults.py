@@ -12,7 +12,7 @@ from pathlib import Path
 import lightning as L
 import pytest
 import torch
-from conftest import run_cli, start_cli
+from conftest import NASTY_TAG, SECRETS, run_cli, start_cli
 from wandb_records import OfflineRun
 
 from resnet_dyn.training.preemption import CheckpointOnSignal, Preempted
@@ -184,32 +184,25 @@ def test_csv_rows_survive_a_resume_and_a_torn_row_is_cut(tmp_path):
     assert path.read_text().splitlines() == ["loss,step", "9.0,0"]
 
 
-def test_no_secret_from_the_environment_is_written_anywhere(tmp_path):
-    # A W&B key and another secret in the environment, as on a cluster node.
-    key, token = "0123456789abcdef" * 2 + "feedface", "s3cr3t-token-4242"
-    sweep = tmp_path / "sweep"
-    # A marker passed as a tag shows the scan below does see what the configs carry.
-    marker = "visible-marker-7531"
-    args = ["-m", "model.depth=8", "debug=tiny", "callbacks=all_analyses", f"tags=[{marker}]",
-            "trainer.enable_progress_bar=false", f"hydra.sweep.dir={sweep}"]  # fmt: skip
-    secrets = {"WANDB_API_KEY": key, "MY_SERVICE_TOKEN": token}
-    result = run_cli(args, cwd=tmp_path, env=secrets)
-    assert result.returncode == 0, result.stderr[-2000:]
-    assert list(sweep.glob("0/wandb/offline-run-*/run-*.wandb"))  # a real offline run
-    report = run_cli([str(sweep)], cwd=tmp_path, module="resnet_dyn.cli.report", env=secrets)
+def test_no_secret_from_the_environment_is_written_anywhere(analysed_sweep):
+    # conftest's sweep (every analysis, offline W&B, then resnet-dyn-report) ran with a W&B
+    # key and another secret in its environment, as on a cluster node.
+    sweep, report, printed = analysed_sweep
     assert report.returncode == 0, report.stderr[-2000:]
+    assert list(sweep.glob("0/wandb/offline-run-*/run-*.wandb"))  # a real offline run
     files = [p for p in sweep.rglob("*") if p.is_file()]
     assert len(files) > 20 and any(p.name == "report.html" for p in files)
+    # The sweep's tag is a marker: the scan below does see what the configs carry.
     seen = set()
     for path in files:
         data = path.read_bytes()
-        if marker.encode() in data:
+        if NASTY_TAG.encode() in data:
             seen.add(path.suffix)
-        for secret in (key, token):
+        for secret in SECRETS.values():
             assert secret.encode() not in data, f"{secret} written into {path}"
     assert {".json", ".wandb", ".yaml"} <= seen, seen
-    for secret in (key, token):
-        assert secret not in result.stdout + result.stderr + report.stdout + report.stderr
+    for secret in SECRETS.values():
+        assert secret not in printed
 
 
 def test_sigkill_mid_epoch_then_rerun_ends_with_the_metrics_of_an_uninterrupted_run(tmp_path):
