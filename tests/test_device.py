@@ -102,3 +102,44 @@ def test_device_guard_catches_a_factory_call_on_another_device() -> None:
     assert len(guard.violations) == 2
     assert "example.py:1 zeros(device=None)" in guard.violations[0]
     assert "example.py:2 zeros(device=meta)" in guard.violations[1]
+
+
+def test_the_other_analyses_create_tensors_only_on_the_models_device() -> None:
+    """The other analyses under the same guard: perturbations (FGSM and PGD, projected on
+    unit 0's directions), the identity magnitudes (their sums stay on the model's device),
+    and the transient analyses of a tied dense ResNet (trajectories, class statistics,
+    convergence, fixed points, the continuous-time residuals, noise, pruning)."""
+    from resnet_dyn.dynamics.identity import identity_magnitudes
+    from resnet_dyn.dynamics.perturbation import perturbation_analysis
+    from resnet_dyn.dynamics.transient import (
+        class_statistics,
+        continuous_trajectory,
+        convergence,
+        fixed_points,
+        last_layer_converged,
+        noise_evolution,
+        trajectory,
+    )
+    from resnet_dyn.models import DenseResNet
+
+    net, images = small_net(), torch.rand(4, 3, 8, 8)
+    labels = torch.tensor([0, 1, 2, 3])
+    torch.manual_seed(0)
+    dense = DenseResNet(depth=4, input_shape=(2,), width=3, tied=True).eval()
+    x2, y2 = torch.randn(6, 2), torch.tensor([0, 1, 0, 1, 0, 1])
+    with DeviceGuard("cpu") as guard:
+        for attack in ("fgsm", "pgd_l2"):
+            perturbation_analysis(
+                net, images, labels, [0.5] * 3, [0.25] * 3, attack=attack, steps=2,
+                project_units=[0],
+            )  # fmt: skip
+        magnitudes = identity_magnitudes(net, [(images, labels), (images, labels)])
+        traj = trajectory(dense, x2)
+        class_statistics(traj.residuals, y2)
+        convergence(traj.residuals)
+        fixed_points(dense, x2, max_layers=50)
+        continuous_trajectory(dense, x2)
+        noise_evolution(dense, x2, y2, [0.1, 0.5])
+        last_layer_converged(dense, x2)
+    assert guard.violations == []
+    assert len(magnitudes["abs"]) == len(net.units) and magnitudes["abs_mean"] > 0

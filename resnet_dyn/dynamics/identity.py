@@ -40,18 +40,22 @@ def identity_magnitudes(net: ResidualNet, batches: torch.Tensor | Iterable) -> d
     their means over the blocks: ``{"abs": [...], "scaled": [...], "abs_mean", "scaled_mean"}``.
 
     ``batches``: a tensor of inputs or an iterable of batches (a DataLoader works), in the
-    net's input space. The model must be in eval mode and have skip connections (an MLP's
-    units have no identity to be a perturbation of).
+    net's input space, moved to the model's device batch by batch. The model must be in
+    eval mode and have skip connections (an MLP's units have no identity to be a
+    perturbation of).
     """
     if any(u.shortcut is None for u in net.units):
         raise ConfigError("model", "a model with skip connections", type(net).__name__)
     check_eval(net)
     n_blocks = len(net.units)
-    abs_sum = torch.zeros(n_blocks, dtype=torch.float64)
-    scaled_sum = torch.zeros(n_blocks, dtype=torch.float64)
+    # Sums stay on the model's device: one transfer at the end, not one per block and batch.
+    dev = next(net.parameters()).device
+    abs_sum = torch.zeros(n_blocks, dtype=torch.float64, device=dev)
+    scaled_sum = torch.zeros(n_blocks, dtype=torch.float64, device=dev)
     count = 0
     with torch.no_grad():
         for x in _inputs(batches):
+            x = x.to(dev)
             h = net.stem(x)
             for k, unit in enumerate(net.units):
                 f = unit.branch(h).flatten(1).norm(dim=1).double()

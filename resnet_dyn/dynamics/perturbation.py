@@ -72,8 +72,11 @@ class Normalized(nn.Module):
     ) -> None:
         super().__init__()
         self.net = net
-        self.register_buffer("mean", torch.as_tensor(mean, dtype=torch.float32).flatten())
-        self.register_buffer("std", torch.as_tensor(std, dtype=torch.float32).flatten())
+        dev = next(net.parameters()).device  # the buffers start where the classifier is
+        self.register_buffer(
+            "mean", torch.as_tensor(mean, dtype=torch.float32, device=dev).flatten()
+        )
+        self.register_buffer("std", torch.as_tensor(std, dtype=torch.float32, device=dev).flatten())
 
     def normalize(self, x: torch.Tensor) -> torch.Tensor:
         return to_normalized(x, self.mean, self.std)
@@ -335,7 +338,7 @@ def projection_shares(
             _, s, vh = torch.linalg.svd(J, full_matrices=False)
             per_image.append(project_perturbation(diffs[k][i].double(), vh.T, s, tol))
         for key in SHARES:
-            values = torch.tensor([p[key] for p in per_image], dtype=torch.float64)
+            values = torch.tensor([p[key] for p in per_image], dtype=torch.float64, device=x.device)
             out[key].append(float(values.nanmean()))
     return out
 

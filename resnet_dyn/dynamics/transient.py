@@ -104,7 +104,9 @@ def convergence(residuals: Sequence[torch.Tensor]) -> torch.Tensor:
         else:
             cols.append((cur - prev).abs().flatten(1).mean(1))
     if not cols:
-        return torch.zeros(residuals[0].shape[0] if residuals else 0, 0)
+        like = residuals[0] if residuals else None
+        n = like.shape[0] if like is not None else 0
+        return torch.zeros(n, 0, device=None if like is None else like.device)
     return torch.stack(cols, dim=1)
 
 
@@ -209,7 +211,8 @@ def integrate_residuals(
     """Solve dy/dt = f'(y) * (W y) (sigmoid: y(1 - y) * (W y)) from y(times[0]) = y0.
 
     ``y0``: (B, N) or (N,); returns y at ``times``, shape (B, len(times), N) or (len(times), N),
-    float64. scipy's adaptive RK45 with tolerances ``rtol``, ``atol``.
+    float64, on y0's device. scipy's adaptive RK45 (on the CPU) with tolerances ``rtol``,
+    ``atol``.
     """
     if activation not in _DERIVATIVE_OF_OUTPUT:
         raise ConfigError("model.activation", "sigmoid or tanh", activation)
@@ -226,7 +229,8 @@ def integrate_residuals(
     sol = solve_ivp(rhs, (t[0], t[-1]), start.ravel(), t_eval=t, rtol=rtol, atol=atol)
     if not sol.success:
         raise RuntimeError(f"integrate_residuals: {sol.message}")
-    ys = torch.from_numpy(sol.y.T.reshape(len(t), *shape))  # (times, [B,] N)
+    # SciPy integrates on the CPU; the result goes back to y0's device.
+    ys = torch.from_numpy(sol.y.T.reshape(len(t), *shape)).to(y0.device)  # (times, [B,] N)
     return ys.movedim(0, -2)
 
 
