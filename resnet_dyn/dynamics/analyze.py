@@ -14,10 +14,15 @@ per-image spectra are under ``r["raw"][map]``. Methods (``method=``):
 * ``coloring``: J from colored probes (conv maps; others fall back to dense, see
   ``note``), all singular values.
 * ``count``: no J, no quadrature. Fractions counted exactly by Sylvester's law of
-  inertia (:mod:`resnet_dyn.dynamics.inertia`: a nested-dissection LDL^T of
-  ``J J^T - c^2 I`` at c = tol, 1 - tol, 1 + tol, built from J's local kernels); conv
-  maps whose count stays within ``COUNT_MAX_GFLOP``. sigma_max by block Lanczos,
-  sigma_min by shift-invert (square stride-1 maps), exact zero rows, or block Lanczos.
+  inertia at c = tol, 1 - tol, 1 + tol (:mod:`resnet_dyn.dynamics.inertia`): for a
+  unit with an identity shortcut, J = alpha I + B C, a nested-dissection LDL^T of a
+  2k x 2k pencil on the hidden grid (:mod:`resnet_dyn.dynamics.reduced`,
+  ``count_route: "reduced"``); elsewhere (and for unit maps with a ReLU after the sum)
+  one of ``J J^T - c^2 I`` built from J's local kernels (``"gram"``). Conv maps whose
+  count stays within ``COUNT_MAX_GFLOP``. sigma_max by block Lanczos, sigma_min by
+  shift-invert (square stride-1 maps), exact zero rows, or block Lanczos; an extreme
+  whose residual exceeds ``lanczos_tol * sigma_max^2`` is NaN, its Ritz value kept as
+  ``sigma_*_bound`` and ``sigma_*_converged`` false.
 * ``slq``: no J. Fractions *estimated* by stochastic Lanczos quadrature. ``<frac>_err``
   is the standard error over probes plus ``<frac>_unresolved``, the weight of nodes that
   the quadrature cannot place on one side of an interval's ends (see
@@ -121,6 +126,7 @@ def map_spectrum(
     count_max_gflop: float = COUNT_MAX_GFLOP,
     shift_invert_max: int = SHIFT_INVERT_MAX,
     grid_shift_invert_max: int = GRID_SHIFT_INVERT_MAX,
+    count_route: str = "auto",
 ) -> MapSpectrum:
     """Statistics of the singular values of J(f); see the module docstring for ``method``.
 
@@ -135,7 +141,9 @@ def map_spectrum(
     ``count_max_gflop``: the largest count (GFLOP per threshold) ``auto`` and ``count``
     attempt (:func:`~resnet_dyn.dynamics.inertia.countable`). ``shift_invert_max`` /
     ``grid_shift_invert_max``: the square maps whose sigma_min comes from shift-invert
-    (:func:`~resnet_dyn.dynamics.spectrum.shift_invert_applies`).
+    (:func:`~resnet_dyn.dynamics.spectrum.shift_invert_applies`). ``count_route``: how
+    counts are factored (:func:`~resnet_dyn.dynamics.inertia.counted`: ``auto``,
+    ``reduced`` or ``gram``); the route taken is ``stats["count_route"]``.
     """
     if method not in METHODS:
         raise ConfigError("method", " | ".join(METHODS), method)
@@ -160,7 +168,7 @@ def map_spectrum(
         if not ok:
             raise ConfigError("method", "auto or slq for this map (count: " + why + ")", method)
         local = local_jacobian(f)  # shared by the gram route's counts and shift-invert
-        counts, route = counted(f, [tol, 1 - tol, 1 + tol], lj=local)
+        counts, route = counted(f, [tol, 1 - tol, 1 + tol], lj=local, route=count_route)
         stats = fractions_from_counts(*counts, r) | {"method": "count", "fractions": "exact"}
         stats["count_route"] = route
         zeros = r - int((~zero_rows(f, seed)).sum().clamp_max(r))
@@ -303,13 +311,15 @@ def _record(maps: Sequence[UnitMap], options: dict) -> tuple[dict, dict]:
     return summarize_images([p.stats for p in per]), raw
 
 
-def exact_histogram(maps: Sequence[UnitMap], raw: dict, bins: int = 40) -> str:
+def exact_histogram(
+    maps: Sequence[UnitMap], raw: dict, bins: int = 40, max_gflop: float = COUNT_MAX_GFLOP
+) -> str:
     """Exact histograms of the singular values of maps with no full spectrum, by counting
     at the bin edges (:func:`~resnet_dyn.dynamics.inertia.singular_value_histogram`, one
     LDL^T per edge): ``raw["hist_counts"]`` (images x bins) and ``raw["hist_edges"]``,
     ``bins`` equal bins on [0, 1.02 * the largest sigma_max over the images] (at least
     [0, 1.5]). Returns ``""``, or why no histogram was counted."""
-    ok, why = countable(maps[0])
+    ok, why = countable(maps[0], max_gflop=max_gflop)
     if not ok:
         return f"no exact histogram: {why}"
     hi = max(1.5, 1.02 * float(raw["largest"][:, 0].max()))
@@ -344,7 +354,7 @@ def analyze_units(
     """
     check_eval(net)
     idx = _select(units, len(net.units), "units")
-    counted = set(_select(histogram, len(net.units), "histogram")) if histogram else set()
+    histogrammed = set(_select(histogram, len(net.units), "histogram")) if histogram else set()
     maps = tuple(maps)
     if not maps or any(m not in ("sum", "unit") for m in maps):
         raise ConfigError("maps", "sum and/or unit (stage maps: analyze_stages)", maps)
@@ -357,8 +367,9 @@ def analyze_units(
         for kind in maps:
             fs = [unit_map(net, k, x[i], kind) for i in range(x.shape[0])]
             entry[kind], entry["raw"][kind] = _record(fs, options)
-            if k in counted and "sigma" not in entry["raw"][kind]:
-                why = exact_histogram(fs, entry["raw"][kind], bins)
+            if k in histogrammed and "sigma" not in entry["raw"][kind]:
+                budget = options.get("count_max_gflop", COUNT_MAX_GFLOP)
+                why = exact_histogram(fs, entry["raw"][kind], bins, budget)
                 entry[kind]["note"] = "; ".join(n for n in (entry[kind]["note"], why) if n)
         entry["dim_in"], entry["dim_out"] = fs[0].dim_in, fs[0].dim_out
         results.append(entry)
