@@ -25,7 +25,7 @@ from resnet_dyn.analysis.run import (
     spectrum_scalars,
 )
 from resnet_dyn.config.build import build
-from resnet_dyn.config.checks import check_job_config, check_perturbation
+from resnet_dyn.config.checks import check_job_config
 from resnet_dyn.errors import ConfigError, check_choice
 from resnet_dyn.files import write_json_atomic
 from resnet_dyn.logs.wandb_charts import perturbation_charts, wandb_spectra
@@ -109,7 +109,7 @@ def run_analysis_job(cfg: DictConfig) -> dict[str, Any]:
                 net, images.to(device), labels.to(device), cfg.analysis, job_dir / "analysis",
                 "final", advance,
             )  # fmt: skip
-        settings = {**check_perturbation(cfg.analysis.perturbation), "seed": cfg.seed}
+        settings = {**a["perturbation"], "seed": cfg.seed}
         pert = perturbation_run(
             net, datamodule, settings, a["images"], job_dir / "analysis", "final",
             units=a["units"], tol=a["tol"],

@@ -26,6 +26,7 @@ from omegaconf import DictConfig
 
 from resnet_dyn.analysis.job import run_analysis_job
 from resnet_dyn.cli import CONFIG_DIR
+from resnet_dyn.dynamics.maps import MAP_KINDS
 from resnet_dyn.errors import UserError, exit_for_user_error
 
 
@@ -48,7 +49,7 @@ def _print_units(summary: dict[str, Any]) -> None:
     for col in ("unit", "stage", "map", *stats, "method"):
         table.add_column(col)
     for r in a["units"] + a["stages"]:
-        for kind in ("sum", "unit", "stage"):
+        for kind in MAP_KINDS:
             s = r.get(kind)
             if isinstance(s, dict):
                 where = [str(r["index"]), str(r.get("stage", r["index"])), kind]

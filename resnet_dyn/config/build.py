@@ -29,7 +29,15 @@ def build(node: Any, /, key: str | None = None, **kwargs: Any) -> Any:
             raise cause from None
         if key is None or not isinstance(cause, (ValueError, TypeError, MisconfigurationException)):
             raise
-        given = OmegaConf.to_container(node, resolve=True)
-        target = given.pop("_target_", "the target")
-        reason = " ".join(str(cause).split())
-        raise ConfigError(key, f"arguments {target} accepts ({reason})", given) from None
+        raise refused_arguments(key, node, cause) from None
+
+
+def refused_arguments(key: str, node: Any, cause: BaseException) -> ConfigError:
+    """The one-line error for arguments that the ``_target_`` of ``node`` refuses: it names
+    ``key``, the target, the target's reason and the values given (without ``_target_`` and
+    ``_partial_``)."""
+    given = OmegaConf.to_container(node, resolve=True)
+    target = given.pop("_target_", "the target")
+    given.pop("_partial_", None)
+    reason = " ".join(str(cause).split())
+    return ConfigError(key, f"arguments {target} accepts ({reason})", given)

@@ -15,10 +15,9 @@ from typing import Any
 from omegaconf import DictConfig, OmegaConf
 
 from resnet_dyn.dynamics.analyze import DTYPES, METHODS
+from resnet_dyn.dynamics.maps import MAP_KINDS
 from resnet_dyn.dynamics.perturbation import ATTACKS, RANDOM_KINDS
 from resnet_dyn.errors import ConfigError, check_bool, check_choice, check_int, check_positive
-
-MAPS = ("sum", "unit", "stage")
 
 
 def _number(value: Any) -> bool:
@@ -121,8 +120,9 @@ def check_analysis_config(acfg: DictConfig | dict, num_units: int) -> dict[str, 
     check_int("analysis.images", a["images"], 1)
     check_units("analysis.units", a["units"], num_units)
     maps = [a["maps"]] if isinstance(a["maps"], str) else a["maps"]
-    if not isinstance(maps, list) or not maps or any(m not in MAPS for m in maps):
-        raise ConfigError("analysis.maps", f"a non-empty list drawn from {list(MAPS)}", a["maps"])
+    if not isinstance(maps, list) or not maps or any(m not in MAP_KINDS for m in maps):
+        expected = f"a non-empty list drawn from {list(MAP_KINDS)}"
+        raise ConfigError("analysis.maps", expected, a["maps"])
     check_choice("analysis.method", a["method"], METHODS)
     check_tol("analysis.tol", a["tol"])
     check_int("analysis.top_k", a["top_k"], 1)

@@ -12,8 +12,10 @@ from __future__ import annotations
 
 from typing import Any
 
+# The share names that perturbation_run writes into summary.json, read under the same names.
+from resnet_dyn.dynamics.perturbation import SHARES
 from resnet_dyn.plots.dynamics import _integer_x, band_line, unit_stage_lines
-from resnet_dyn.plots.spectra import _grid, plt
+from resnet_dyn.plots.spectra import UNIT_STATS, _grid, plt
 from resnet_dyn.report.common import (
     MAX_LINES,
     Figure,
@@ -39,13 +41,11 @@ ALPHA_BETA_KEYS = (
     "analysis.intervention.weight_scale",
 )
 UNIT_MAPS = ("sum", "unit")
-UNIT_STATS = ("frac_one", "frac_gt_one", "sigma_max")
 GRID_COLUMNS = (
     *(f"spectrum/{m}/{s}" for m in UNIT_MAPS for s in UNIT_STATS),
     "perturbation/final_ratio",
     "identity/scaled_mean",
 )
-SHARES = ("expanding", "neutral", "contracting", "outside")
 SHARE_COLOURS = {
     "expanding": "tab:red",
     "neutral": "tab:gray",

@@ -20,10 +20,11 @@ import lightning as L
 import torch
 import torch.nn.functional as F
 from hydra.utils import instantiate
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig
 from torch import nn
 from torchmetrics.classification import MulticlassAccuracy
 
+from resnet_dyn.config.build import refused_arguments
 from resnet_dyn.errors import ConfigError, check_choice, check_int, check_positive
 
 LR_SCALINGS = ("none", "linear", "sqrt")
@@ -79,13 +80,7 @@ def check_optim(optim: DictConfig, net: nn.Module) -> None:
     try:
         instantiate(optim.optimizer)(net.parameters(), lr=optim.lr, weight_decay=optim.weight_decay)
     except (ValueError, TypeError) as exc:
-        given = OmegaConf.to_container(optim.optimizer, resolve=True)
-        target = given.pop("_target_", "the optimizer")  # type: ignore[union-attr]
-        given.pop("_partial_", None)  # type: ignore[union-attr]
-        reason = " ".join(str(exc).split())
-        raise ConfigError(
-            "optim.optimizer", f"arguments {target} accepts ({reason})", given
-        ) from None
+        raise refused_arguments("optim.optimizer", optim.optimizer, exc) from None
 
 
 class Diverged(RuntimeError):
