@@ -11,7 +11,7 @@ import json
 
 import pytest
 import yaml
-from conftest import CONF, compose_config, run_cli
+from conftest import CONF, compose_config, run_cli, run_clis, selected_params
 from hydra import compose, initialize_config_dir
 from hydra.core.global_hydra import GlobalHydra
 
@@ -404,6 +404,33 @@ def test_every_key_has_a_bad_value_case():
     assert not missing, f"keys with no bad-value case: {missing}"
 
 
+# The real command on each bad value: every test below asserts on its own process. The
+# selected ones start together from one fixture, two at a time (conftest.run_clis): their
+# seconds each are imports on one core, and a CI runner has two.
+CLI_ARGS = {
+    "test_the_cli_prints_one_line_and_exits_2": lambda p, where: [p["override"], "logger=none"],
+    "test_a_bad_analysis_value_stops_the_cli_before_training": lambda p, where: [
+        p["override"], "callbacks=all_analyses", "logger=none", f"hydra.run.dir={where / 'job'}"
+    ],
+    "test_a_bad_launcher_value_stops_the_sweep_before_any_job": lambda p, where: [
+        "-m", *p["overrides"], "model.depth=8,14", "logger=none",
+        f"hydra.sweep.dir={where / 'sweep'}",
+    ],
+}  # fmt: skip
+
+
+@pytest.fixture(scope="module")
+def cli_runs(request, tmp_path_factory) -> dict:
+    """``(test, key): (CompletedProcess, the folder it ran in)`` for every selected CLI case."""
+    cases, folders = {}, {}
+    for function, args in CLI_ARGS.items():
+        for params in selected_params(request, function):
+            where = folders[function, params["key"]] = tmp_path_factory.mktemp("cli")
+            cases[function, params["key"]] = (args(params, where), where, {})
+    results = run_clis(cases)
+    return {case: (results[case], folders[case]) for case in cases}
+
+
 @pytest.mark.parametrize(
     "override, key",
     [
@@ -413,8 +440,8 @@ def test_every_key_has_a_bad_value_case():
         ("trainer.max_epochs=-1", "trainer.max_epochs"),
     ],
 )
-def test_the_cli_prints_one_line_and_exits_2(override, key, tmp_path):
-    result = run_cli([override, "logger=none"], cwd=tmp_path)
+def test_the_cli_prints_one_line_and_exits_2(override, key, cli_runs):
+    result, tmp_path = cli_runs["test_the_cli_prints_one_line_and_exits_2", key]
     assert result.returncode == 2
     errors = [line for line in result.stderr.splitlines() if line.startswith("error:")]
     assert len(errors) == 1 and key in errors[0], result.stderr[-2000:]
@@ -429,10 +456,9 @@ def test_the_cli_prints_one_line_and_exits_2(override, key, tmp_path):
         ("analysis.images=100000", "analysis.images"),  # checked against the test split
     ],
 )
-def test_a_bad_analysis_value_stops_the_cli_before_training(override, key, tmp_path):
+def test_a_bad_analysis_value_stops_the_cli_before_training(override, key, cli_runs):
+    result, tmp_path = cli_runs["test_a_bad_analysis_value_stops_the_cli_before_training", key]
     job = tmp_path / "job"
-    args = [override, "callbacks=all_analyses", "logger=none", f"hydra.run.dir={job}"]
-    result = run_cli(args, cwd=tmp_path)
     assert result.returncode == 2, result.stderr[-2000:]
     errors = [line for line in result.stderr.splitlines() if line.startswith("error:")]
     assert len(errors) == 1, result.stderr[-2000:]
@@ -474,10 +500,9 @@ def test_one_unit_index_is_one_unit_end_to_end(tmp_path):
         (["hydra/launcher=joblib", "hydra.launcher.n_jobs=0"], "hydra.launcher.n_jobs"),
     ],
 )
-def test_a_bad_launcher_value_stops_the_sweep_before_any_job(overrides, key, tmp_path):
-    sweep = tmp_path / "sweep"
-    args = ["-m", *overrides, "model.depth=8,14", "logger=none", f"hydra.sweep.dir={sweep}"]
-    result = run_cli(args, cwd=tmp_path)
+def test_a_bad_launcher_value_stops_the_sweep_before_any_job(overrides, key, cli_runs):
+    result, where = cli_runs["test_a_bad_launcher_value_stops_the_sweep_before_any_job", key]
+    sweep = where / "sweep"
     assert result.returncode == 2, result.stderr[-2000:]
     errors = [line for line in result.stderr.splitlines() if line.startswith("error:")]
     assert len(errors) == 1 and errors[0].startswith(f"error: {key}: expected"), result.stderr
