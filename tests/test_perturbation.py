@@ -192,15 +192,16 @@ def test_analysis_is_json_with_one_value_per_state(attack: str) -> None:
 @pytest.mark.parametrize(
     ("kwargs", "key"),
     [
-        ({"eps": -0.1}, "analysis.perturbation.eps"),
-        ({"attack": "cw"}, "analysis.perturbation.attack"),
-        ({"steps": 0}, "analysis.perturbation.steps"),
-        ({"step_size": 0.0}, "analysis.perturbation.step_size"),
-        ({"random_kind": "uniform"}, "analysis.perturbation.random_kind"),
+        ({"eps": -0.1}, "eps"),
+        ({"attack": "cw"}, "attack"),
+        ({"steps": 0}, "steps"),
+        ({"step_size": 0.0}, "step_size"),
+        ({"random_kind": "uniform"}, "random_kind"),
     ],
 )
-def test_analysis_rejects_bad_settings_naming_the_key(kwargs: dict, key: str) -> None:
+def test_analysis_rejects_bad_settings_naming_the_argument(kwargs: dict, key: str) -> None:
+    # A library error naming the argument; config.checks names the config key before this.
     x, y = pixel_batch(2)
-    with pytest.raises(ConfigError, match=key) as err:
+    with pytest.raises(ValueError, match=f"^{key}: expected") as err:
         perturbation_analysis(tiny_net(), x, y, MEAN, STD, **kwargs)
-    assert err.value.key == key
+    assert not isinstance(err.value, ConfigError)

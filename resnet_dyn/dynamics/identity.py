@@ -22,7 +22,6 @@ import numpy as np
 import torch
 
 from resnet_dyn.dynamics.maps import check_eval
-from resnet_dyn.errors import ConfigError
 from resnet_dyn.models.base import ResidualNet
 
 
@@ -45,7 +44,7 @@ def identity_magnitudes(net: ResidualNet, batches: torch.Tensor | Iterable) -> d
     perturbation of).
     """
     if any(u.shortcut is None for u in net.units):
-        raise ConfigError("model", "a model with skip connections", type(net).__name__)
+        raise ValueError(f"net: expected a model with skip connections, got {type(net).__name__}")
     check_eval(net)
     n_blocks = len(net.units)
     # Sums stay on the model's device: one transfer at the end, not one per block and batch.
@@ -91,7 +90,7 @@ def stopping_depth(
     the depths need not be sorted.
     """
     if isinstance(epsilon, bool) or not isinstance(epsilon, (int, float)) or epsilon <= 0:
-        raise ConfigError("analysis.identity.epsilon", "a positive number", epsilon)
+        raise ValueError(f"epsilon: expected a positive number, got {epsilon!r}")
     _check_pairs(depths, magnitudes)
     below = [d for d, m in zip(depths, magnitudes, strict=True) if m < epsilon]
     return min(below) if below else None

@@ -27,10 +27,8 @@ from torch import nn
 from torch.func import jvp
 
 from resnet_dyn.dynamics.maps import check_eval
-from resnet_dyn.errors import ConfigError
 from resnet_dyn.models.base import ResidualNet
 
-KEY = "analysis.perturbation"
 ATTACKS = ("fgsm", "pgd_linf", "pgd_l2")
 RANDOM_KINDS = ("gaussian", "sign")
 # Default radii in pixel units: the customary CIFAR budgets for each norm.
@@ -99,15 +97,16 @@ def _clip(x: torch.Tensor, clip: tuple[float, float] | None) -> torch.Tensor:
 
 
 def _check_attack(eps: float, steps: int, step_size: float | None) -> None:
+    # Library errors: the config layer (config.checks.check_perturbation) names the keys.
     if isinstance(eps, bool) or not isinstance(eps, (int, float)) or eps < 0:
-        raise ConfigError(f"{KEY}.eps", "a non-negative number (pixel units)", eps)
+        raise ValueError(f"eps: expected a non-negative number (pixel units), got {eps!r}")
     if isinstance(steps, bool) or not isinstance(steps, int) or steps < 1:
-        raise ConfigError(f"{KEY}.steps", "a positive integer", steps)
+        raise ValueError(f"steps: expected a positive integer, got {steps!r}")
     if step_size is not None and (
         isinstance(step_size, bool) or not isinstance(step_size, (int, float)) or step_size <= 0
     ):
-        raise ConfigError(
-            f"{KEY}.step_size", "a positive number or null (2.5 eps / steps)", step_size
+        raise ValueError(
+            f"step_size: expected a positive number or None (2.5 eps / steps), got {step_size!r}"
         )
 
 
@@ -161,7 +160,7 @@ def pgd(
     """
     _check_attack(eps, steps, step_size)
     if norm not in DEFAULT_EPS:
-        raise ConfigError(f"{KEY}.norm", "linf or l2", norm)
+        raise ValueError(f"norm: expected linf or l2, got {norm!r}")
     check_eval(model)
     step = 2.5 * eps / steps if step_size is None else step_size
     gen = torch.Generator(device=x.device).manual_seed(seed)
@@ -208,7 +207,7 @@ def matched_random(
     non-decreasing ``c -> ||clip(x + c u) - x||``; the norms then agree to float precision.
     """
     if kind not in RANDOM_KINDS:
-        raise ConfigError(f"{KEY}.random_kind", "gaussian or sign", kind)
+        raise ValueError(f"kind: expected one of {list(RANDOM_KINDS)}, got {kind!r}")
     gen = torch.Generator(device=x.device).manual_seed(seed)
     u = torch.randn(x.shape, generator=gen, device=x.device, dtype=x.dtype)
     if kind == "sign":
@@ -375,12 +374,13 @@ def perturbation_analysis(
     contracting directions (:func:`projection_shares`, unit maps).
     """
     if attack not in ATTACKS:
-        raise ConfigError(f"{KEY}.attack", f"one of {list(ATTACKS)}", attack)
+        raise ValueError(f"attack: expected one of {list(ATTACKS)}, got {attack!r}")
+    # Checked before the attack runs, not only when matched_random draws after it.
     if random_kind not in RANDOM_KINDS:
-        raise ConfigError(f"{KEY}.random_kind", "gaussian or sign", random_kind)
+        raise ValueError(f"random_kind: expected one of {list(RANDOM_KINDS)}, got {random_kind!r}")
     norm = "l2" if attack == "pgd_l2" else "linf"
     eps = DEFAULT_EPS[norm] if eps is None else eps
-    _check_attack(eps, steps, step_size)
+    _check_attack(eps, steps, step_size)  # fgsm would not check the steps it ignores
     steps = 1 if attack == "fgsm" else steps
     check_eval(net)
     model = Normalized(net, mean, std)
