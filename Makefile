@@ -1,10 +1,12 @@
-# make run: the default experiment.  make test: the test suite.  Both set up .venv themselves.
+# make run: the default experiment.  make test: the whole test suite (what CI runs).
+# make test-fast: without the tests marked slow (real multi-process and sweep system tests).
+# All set up .venv themselves.
 PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: run test lint format bench bench-gpu clean
+.PHONY: run test test-fast lint format bench bench-gpu clean
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -17,6 +19,9 @@ run: $(STAMP)
 
 test: $(STAMP)
 	$(BIN)/python -m pytest -q
+
+test-fast: $(STAMP)
+	$(BIN)/python -m pytest -q -m "not slow"
 
 lint: $(STAMP)
 	$(BIN)/ruff check .

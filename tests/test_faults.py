@@ -66,6 +66,7 @@ SIGNAL_BATCH, SIGNAL_EPOCHS = 16, 3
 
 # SIGTERM (a scheduler's stop); SIGUSR1 takes the same handler (preemption.stop_signals),
 # whose step logic the deterministic test below covers for every step of an epoch.
+@pytest.mark.slow  # several real processes one after another (make test-fast skips it)
 @pytest.mark.parametrize("signum", [signal.SIGTERM])
 def test_a_signal_saves_a_checkpoint_mid_epoch_and_the_rerun_finishes(signum, tmp_path):
     job = tmp_path / "job"
@@ -205,8 +206,10 @@ def test_no_secret_from_the_environment_is_written_anywhere(analysed_sweep):
         assert secret not in printed
 
 
+@pytest.mark.slow  # several real processes one after another (make test-fast skips it)
 def test_sigkill_mid_epoch_then_rerun_ends_with_the_metrics_of_an_uninterrupted_run(tmp_path):
-    args = [*TRAIN, "trainer.max_epochs=4"]
+    # Three epochs: a kill meant for epoch 1 that lands late still lands mid-epoch (in 2).
+    args = [*TRAIN, "trainer.max_epochs=3"]
     whole = run_cli([*args, f"hydra.run.dir={tmp_path / 'whole'}"], cwd=tmp_path)
     assert whole.returncode == 0, whole.stderr[-2000:]
     job = tmp_path / "killed"

@@ -205,6 +205,7 @@ def test_missing_dataset_offline_gives_one_line(tmp_path):
     assert "Traceback" not in result.stderr
 
 
+@pytest.mark.slow  # a sweep and two joblib worker processes (make test-fast skips it)
 def test_joblib_launcher_runs_jobs_in_parallel_processes(tmp_path):
     sweep = tmp_path / "sweep"
     result = run_cli(
@@ -227,6 +228,7 @@ def test_joblib_launcher_runs_jobs_in_parallel_processes(tmp_path):
     assert sorted(s["config"]["model"]["depth"] for s in summaries) == [8, 14]
 
 
+@pytest.mark.slow  # several real processes one after another (make test-fast skips it)
 def test_a_killed_sweep_rerun_finishes_only_the_unfinished_jobs(tmp_path):
     sweep = tmp_path / "sweep"
     # No analysis callbacks: what is tested is the sweep's bookkeeping, not the analyses.
@@ -321,6 +323,7 @@ def test_truncated_checkpoint_stops_resume_with_one_line_and_is_kept(tmp_path):
     assert (job / "checkpoints" / "last.ckpt").read_bytes() == b"PK\x03\x04 truncated"
 
 
+@pytest.mark.slow  # two real sweeps at once (make test-fast skips it)
 def test_two_sweeps_started_together_write_to_distinct_folders(tmp_path):
     args = [sys.executable, "-m", "resnet_dyn", "-m", "model.depth=8", "debug=fast_dev_run",
             "logger=none", "callbacks=default", "trainer.enable_progress_bar=false"]  # fmt: skip
