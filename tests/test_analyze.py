@@ -161,6 +161,7 @@ def top_sigma(f, x: torch.Tensor) -> float:
     return float(svds(op, k=1, tol=1e-10, v0=v0, return_singular_vectors=False)[0])
 
 
+@pytest.mark.slow  # a ResNet-20 analysed by the CLI, then by ARPACK oracles (not in test-fast)
 def test_analyze_akamaster_checkpoint_on_an_image_folder(tmp_path):
     path = tmp_path / "resnet20.th"
     state = akamaster_state(20)

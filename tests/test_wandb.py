@@ -53,6 +53,7 @@ def sweep(tmp_path_factory) -> Path:
     return root / "s"
 
 
+@pytest.mark.slow  # a real W&B sweep and an analyze sweep on it (make test-fast skips it)
 def test_sweep_runs_are_named_grouped_and_summarised_truthfully(sweep):
     jobs = sorted(p for p in sweep.iterdir() if p.is_dir())
     runs = [only_run(j) for j in jobs]
@@ -89,6 +90,7 @@ def test_sweep_runs_are_named_grouped_and_summarised_truthfully(sweep):
         assert (job / "wandb" / "run_id").read_text().strip() == run.run_id
 
 
+@pytest.mark.slow  # a real W&B sweep and an analyze sweep on it (make test-fast skips it)
 def test_spectra_are_tables_against_the_unit_on_an_epoch_axis(sweep):
     job = sweep / "0"
     run_dir = next((job / "wandb").glob("offline-run-*"))
@@ -149,6 +151,7 @@ def analysed(sweep, tmp_path_factory) -> Path:
     return root / "a"
 
 
+@pytest.mark.slow  # a real W&B sweep and an analyze sweep on it (make test-fast skips it)
 def test_analyze_runs_carry_the_same_names_groups_tables_and_definitions(sweep, analysed):
     trained = only_run(sweep / "0")
     runs = [only_run(analysed / str(i)) for i in (0, 1)]
@@ -174,6 +177,7 @@ def test_analyze_runs_carry_the_same_names_groups_tables_and_definitions(sweep, 
     assert columns == table_of(train_dir, train_row["spectrum/table"])["columns"]
 
 
+@pytest.mark.slow  # a real W&B sweep and an analyze sweep on it (make test-fast skips it)
 def test_an_intervention_reaches_every_analysis_and_perturbations_are_projected(analysed):
     jobs = [analysed / "0", analysed / "1"]
     half, one = (json.loads((j / "summary.json").read_text())["analysis"] for j in jobs)
