@@ -124,9 +124,9 @@ def test_fixed_point_of_a_one_neuron_sigmoid_model_with_scaled_skip() -> None:
 
 
 def test_fixed_points_need_a_tied_dense_resnet() -> None:
-    with pytest.raises(ConfigError, match="tied"):
+    with pytest.raises(ValueError, match="tied"):
         fixed_points(DenseResNet(depth=3, input_shape=(3,), width=3, tied=False), torch.randn(2, 3))
-    with pytest.raises(ConfigError, match="tied"):
+    with pytest.raises(ValueError, match="tied"):
         fixed_points(MLP(depth=3, input_shape=(3,), width=3), torch.randn(2, 3))
 
 
