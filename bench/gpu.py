@@ -1,6 +1,6 @@
-"""GPU check: training throughput, the all-units analysis and dense SVD, on a CUDA machine.
+"""GPU check: training throughput, the all-units analysis, dense SVD and exact counts, on CUDA.
 
-    make bench-gpu                          # all three, on the first CUDA device
+    make bench-gpu                          # all four, on the first CUDA device
     python bench/gpu.py train analysis      # a subset
     python bench/gpu.py --smoke --device cpu  # tiny sizes, any machine: checks the script runs
 
@@ -15,6 +15,10 @@ Prints one ``RESULT`` line per measurement, like bench/run.py:
   both maps, one image, on the device; every map's fractions must be exact.
 * ``svd``: ``svdvals`` of the dense 16,384 x 16,384 J of a first-stage unit on the device
   (float32 and float64) against the CPU (float32, all its cores).
+* ``counts``: the exact counts of a first-stage sum map (16x32x32) at c = 1e-3, 1 -+ 1e-3
+  on the device, by the reduced route (``ldl_factor``: cuSOLVER's Bunch-Kaufman ``sytrf``
+  in float64) against the gram route on the device and against the reduced route on the
+  CPU; the counts of all three must be equal.
 """
 
 from __future__ import annotations
@@ -160,7 +164,45 @@ def bench_svd(device: torch.device, smoke: bool) -> None:
            ratio_cpu_over_device=times["cpu_float32"] / times["device_float32"])  # fmt: skip
 
 
-BENCHMARKS = {"train": bench_train, "analysis": bench_analysis, "svd": bench_svd}
+def bench_counts(device: torch.device, smoke: bool) -> None:
+    from resnet_dyn.dynamics import unit_map, unit_states
+    from resnet_dyn.dynamics.inertia import counted
+
+    size = 12 if smoke else 32
+    net = analysis_net(depth=8 if smoke else 56)
+    image = torch.randn(1, 3, size, size, generator=torch.Generator().manual_seed(1))
+    thresholds = [1e-3, 1 - 1e-3, 1 + 1e-3]
+    times: dict[str, float] = {}
+    counts: dict[str, list[int]] = {}
+    for name, dev, route in (
+        ("device_reduced", device, "reduced"),
+        ("device_gram", device, "gram"),
+        ("cpu_reduced", torch.device("cpu"), "reduced"),
+    ):
+        moved = net.to(dev)
+        x = unit_states(moved, image.to(dev))[0][0]
+        f = unit_map(moved, 0, x, "sum")
+        counted(unit_map(moved, 0, x, "sum"), thresholds[:1], route=route)  # warm-up
+        sync(dev)
+        t0 = time.perf_counter()
+        counts[name], _ = counted(f, thresholds, route=route)
+        sync(dev)
+        times[name] = time.perf_counter() - t0
+    agree = len({tuple(c) for c in counts.values()}) == 1
+    result("counts", counts=counts["device_reduced"], all_equal=agree,
+           **{f"{k}_s": v for k, v in times.items()},
+           ratio_gram_over_reduced=times["device_gram"] / times["device_reduced"],
+           ratio_cpu_over_device=times["cpu_reduced"] / times["device_reduced"])  # fmt: skip
+    if not agree:
+        raise AssertionError(f"counts differ between routes and devices: {counts}")
+
+
+BENCHMARKS = {
+    "train": bench_train,
+    "analysis": bench_analysis,
+    "svd": bench_svd,
+    "counts": bench_counts,
+}
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -478,52 +478,70 @@ def bench_exact_counts_resnet56(b: Bench, units: tuple[int, ...] = (1, 10)) -> N
 
 def bench_resnet56_all_units(b: Bench, budget: float = 60.0) -> None:
     """All 27 units of a ResNet-56, sum and unit maps, ``method="auto"``, one image: every
-    map's fractions must be exact (dense SVD or counts)."""
+    map's fractions must be exact (dense SVD or counts). Ours (counts by the reduced route
+    wherever it applies) against the same analysis with every count on the gram route
+    (``count_route="gram"``, the route before the reduction), in one run; the two must give
+    the same fractions on every map. Prints seconds per stage for both and the GFLOP of one
+    count per route at each stage's first identity-shortcut unit."""
     from collections import Counter
 
-    from resnet_dyn.dynamics import analyze_units
+    from resnet_dyn.dynamics import analyze_units, unit_map, unit_states
+    from resnet_dyn.dynamics.inertia import _gram_reach, count_flops
+    from resnet_dyn.dynamics.reduced import low_rank_split, reduced_flops
+    from resnet_dyn.dynamics.window import local_window
 
     net = analysis_net(depth=56)
     image = torch.randn(1, 3, 32, 32, generator=torch.Generator().manual_seed(1))
-    stamps: list[float] = []
-    t0 = time.perf_counter()
-    res = analyze_units(
-        net,
-        image,
-        "all",
-        maps=("sum", "unit"),
-        progress=lambda d, n: stamps.append(time.perf_counter()),
-    )
-    ours = time.perf_counter() - t0
-    per_stage: dict[int, float] = {}
-    for r, start, stop in zip(res, [t0, *stamps[:-1]], stamps, strict=True):
-        per_stage[r["stage"]] = per_stage.get(r["stage"], 0.0) + stop - start
-    print(
-        "seconds per stage: "
-        + " ".join(f"stage{s}={t:.1f}" for s, t in per_stage.items())
-        + " (including the forward pass to the unit states in stage0)",
-        flush=True,
-    )
+
+    def run(route: str) -> tuple[float, list[dict], dict[int, float]]:
+        stamps: list[float] = []
+        t0 = time.perf_counter()
+        res = analyze_units(
+            net, image, "all", maps=("sum", "unit"), count_route=route,
+            progress=lambda d, n: stamps.append(time.perf_counter()),
+        )  # fmt: skip
+        wall = time.perf_counter() - t0
+        per_stage: dict[int, float] = {}
+        for r, start, stop in zip(res, [t0, *stamps[:-1]], stamps, strict=True):
+            per_stage[r["stage"]] = per_stage.get(r["stage"], 0.0) + stop - start
+        return wall, res, per_stage
+
+    ours, res, stages = run("auto")
+    base, base_res, base_stages = run("gram")
+    for name, st in (("ours", stages), ("gram route", base_stages)):
+        print(f"seconds per stage, {name}: " + " ".join(f"stage{s}={t:.1f}" for s, t in st.items()),
+              flush=True)  # fmt: skip
+    states = unit_states(net, image)
+    for s in range(3):
+        k = next(k for k in net.stage_units(s) if k not in (9, 18))
+        f = unit_map(net, k, states[k][0], "sum")
+        split = low_rank_split(f)
+        gram = count_flops(f.out_shape, _gram_reach(local_window(f))) / 1e9
+        print(f"GFLOP per shift, stage {s} (unit {k} sum map, f = {split.rank / f.dim_in:.3f}): "
+              f"gram {gram:.1f}, reduced {reduced_flops(split) / 1e9:.1f}", flush=True)  # fmt: skip
     methods = Counter(r[m]["method"] for r in res for m in ("sum", "unit"))
-    per_unit = " ".join(
-        f"{r['index']}:{r['sum']['method']}/{r['unit']['method']}:{stop - start:.2f}s"
-        for r, start, stop in zip(res, [t0, *stamps[:-1]], stamps, strict=True)
-    )
-    print(f"methods and seconds per unit (sum/unit:both maps): {per_unit}", flush=True)
+    routes = Counter(r[m].get("count_route", "none") for r in res for m in ("sum", "unit"))
     unconverged = [
         f"{r['index']}/{m}" for r in res for m in ("sum", "unit") if not r[m].get("converged", True)
     ]
-    print(f"sigma_min not converged (<= 500 Gram products) in units: {unconverged}", flush=True)
+    print(f"not converged (sigma_max or sigma_min): {unconverged}", flush=True)
+    keys = ("frac_one", "frac_gt_one", "frac_zero")
+    same = all(
+        r[m][key] == q[m][key] for r, q in zip(res, base_res, strict=True)
+        for m in ("sum", "unit") for key in keys
+    )  # fmt: skip
     result(
         "resnet56_all_units",
         ours,
-        budget,
+        base,
         units=len(res),
         methods="|".join(f"{k}x{v}" for k, v in sorted(methods.items())),
-        baseline=f"the_{budget:g}s_target",
+        count_routes="|".join(f"{k}x{v}" for k, v in sorted(routes.items())),
+        baseline="the_same_with_count_route=gram",
     )
     exact = all(r[m]["fractions"] == "exact" for r in res for m in ("sum", "unit"))
     b.check("resnet56_all_units", "fractions: exact on every unit and map", exact)
+    b.check("resnet56_all_units", "fractions equal to the gram route's on every map", same)
     b.check("resnet56_all_units", f"{ours:.1f} s <= {budget:g} s", ours <= budget)
 
 
