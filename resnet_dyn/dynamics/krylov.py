@@ -21,8 +21,6 @@ from dataclasses import dataclass
 
 import torch
 
-from resnet_dyn.errors import ConfigError
-
 MatVec = Callable[[torch.Tensor], torch.Tensor]
 
 # Relative size below which a new Krylov direction counts as already in the space.
@@ -123,9 +121,9 @@ def block_lanczos(
     default: ``start``'s, else the CPU).
     """
     if which not in _ENDS:
-        raise ConfigError("which", "largest, smallest or both", which)
+        raise ValueError(f"which: expected largest, smallest or both, got {which!r}")
     if not isinstance(k, int) or k < 1:
-        raise ConfigError("k", "a positive integer", k)
+        raise ValueError(f"k: expected a positive integer, got {k!r}")
     ends = _ENDS[which]
     k = min(k, n)
     b = min(n, block_size or k)
@@ -277,9 +275,9 @@ def lanczos_quadrature(
     ``tol * theta_max``. ``device``: where the Lanczos vectors live (default: the CPU).
     """
     if not isinstance(probes, int) or probes < 2:
-        raise ConfigError("probes", "an integer >= 2 (error bars need two)", probes)
+        raise ValueError(f"probes: expected an integer >= 2 (error bars need two), got {probes!r}")
     if not isinstance(steps, int) or steps < 1:
-        raise ConfigError("steps", "a positive integer", steps)
+        raise ValueError(f"steps: expected a positive integer, got {steps!r}")
     steps = min(steps, n)
     device = _device(device, None)
     gen = torch.Generator(device).manual_seed(seed)

@@ -31,7 +31,7 @@ import torch
 from torch import nn
 from torch.nn.utils.fusion import fuse_conv_bn_eval
 
-from resnet_dyn.errors import ConfigError, UserError
+from resnet_dyn.errors import UserError
 from resnet_dyn.models.base import ResidualNet, ResidualUnit
 
 MAP_KINDS = ("sum", "unit", "stage")
@@ -154,9 +154,11 @@ def unit_map(net: ResidualNet, index: int, x: torch.Tensor, kind: str = "sum") -
     """The ``"sum"`` or ``"unit"`` map of unit ``index`` at its input ``x`` (one sample)."""
     check_eval(net)
     if not isinstance(index, int) or not 0 <= index < len(net.units):
-        raise ConfigError("units", f"unit indices in [0, {len(net.units) - 1}]", index)
+        raise ValueError(
+            f"index: expected a unit index in [0, {len(net.units) - 1}], got {index!r}"
+        )
     if kind not in ("sum", "unit"):
-        raise ConfigError("maps", "sum or unit for a unit map", kind)
+        raise ValueError(f"kind: expected sum or unit for a unit map, got {kind!r}")
     return UnitMap(((net.units[index], kind == "unit"),), x, kind, index)
 
 
@@ -165,5 +167,7 @@ def stage_map(net: ResidualNet, stage: int, x: torch.Tensor) -> UnitMap:
     check_eval(net)
     idx = net.stage_units(stage) if isinstance(stage, int) else []
     if not idx:
-        raise ConfigError("stages", f"stage indices in [0, {net.num_stages - 1}]", stage)
+        raise ValueError(
+            f"stage: expected a stage index in [0, {net.num_stages - 1}], got {stage!r}"
+        )
     return UnitMap(tuple((net.units[k], True) for k in idx), x, "stage", idx[0])
