@@ -467,7 +467,8 @@ def bench_exact_counts_resnet56(b: Bench, units: tuple[int, ...] = (1, 10)) -> N
             exact, got = spectrum_stats(sigma, 1e-3), res[0][kind]
             agree = all(abs(got[key] - exact[key]) < 0.5 / sigma.numel() for key in keys)
             result(f"exact_counts_resnet56_unit{k}_{kind}", ours, base, n=sigma.numel(),
-                   method=got["method"], fractions=got["fractions"], agree=agree,
+                   method=got["method"], route=got.get("count_route"),
+                   fractions=got["fractions"], agree=agree,
                    **{key: f"{got[key]:.4f}/{exact[key]:.4f}" for key in keys},
                    baseline="float64_eigvalsh_of_dense_J_J^T")  # fmt: skip
             b.check(f"exact_counts_resnet56_unit{k}_{kind}", "fractions == dense", agree)
