@@ -16,7 +16,7 @@ import pytest
 from conftest import compose_config
 from omegaconf import OmegaConf
 
-import resnet_dyn.dynamics.analyze as dynamics_analyze
+import resnet_dyn.dynamics.unit_spectra as unit_spectra
 from resnet_dyn.analysis.job import run_analysis_job
 from resnet_dyn.analysis.run import perturbation_run, spectrum_analysis
 from resnet_dyn.config.build import build
@@ -64,13 +64,13 @@ def _sum_map(setting, tmp_path: Path, unit: int = 0, **keys: Any) -> dict[str, A
 def _spy(monkeypatch) -> list[dict[str, Any]]:
     """Record the keyword arguments of every map_spectrum call (and still compute it)."""
     calls: list[dict[str, Any]] = []
-    original = dynamics_analyze.map_spectrum
+    original = unit_spectra.map_spectrum
 
     def recording(f, **kwargs):
         calls.append(kwargs)
         return original(f, **kwargs)
 
-    monkeypatch.setattr(dynamics_analyze, "map_spectrum", recording)
+    monkeypatch.setattr(unit_spectra, "map_spectrum", recording)
     return calls
 
 

@@ -175,6 +175,7 @@ CASES: list[tuple[list[str], str]] = [
     (["analysis.solver.count_max_gflop=lots"], "analysis.solver.count_max_gflop"),
     (["analysis.solver.shift_invert_max=-1"], "analysis.solver.shift_invert_max"),
     (["analysis.solver.grid_shift_invert_max=-1"], "analysis.solver.grid_shift_invert_max"),
+    (["analysis.solver.count_route=fast"], "analysis.solver.count_route"),
     (["+analysis.solver.probes=4"], "analysis.solver"),  # an unknown key: not forwarded
     # more probe images than the test split (digits: 540) holds, for the callbacks that use them
     (["callbacks=spectrum", "analysis.images=100000"], "analysis.images"),

@@ -34,11 +34,11 @@ from resnet_dyn.dynamics import (
     unit_states,
     with_intervention,
 )
-from resnet_dyn.dynamics.analyze import all_singular_values
 from resnet_dyn.dynamics.gridlu import GridLU, dissection
 from resnet_dyn.dynamics.jacobian import local_jacobian
 from resnet_dyn.dynamics.maps import UnitMap, fold_batchnorm
 from resnet_dyn.dynamics.spectrum import zero_rows
+from resnet_dyn.dynamics.unit_spectra import all_singular_values
 from resnet_dyn.errors import ConfigError
 from resnet_dyn.models import CifarResNet, DeepResNet, DenseResNet, ResidualUnit
 

@@ -14,7 +14,6 @@ from sklearn.datasets import load_digits
 from torch import nn
 
 from resnet_dyn.dynamics import map_spectrum, stage_map, unit_map, unit_states
-from resnet_dyn.dynamics.analyze import all_singular_values
 from resnet_dyn.dynamics.inertia import (
     count_below,
     countable,
@@ -27,6 +26,7 @@ from resnet_dyn.dynamics.jacobian import LocalJacobian, local_jacobian
 from resnet_dyn.dynamics.maps import UnitMap
 from resnet_dyn.dynamics.reduced import low_rank_split, why_not
 from resnet_dyn.dynamics.stats import spectrum_stats
+from resnet_dyn.dynamics.unit_spectra import all_singular_values
 from resnet_dyn.dynamics.window import Window
 from resnet_dyn.models import CifarResNet, ResidualUnit, set_skip_scale
 

@@ -14,9 +14,10 @@ from typing import Any
 
 from omegaconf import DictConfig, OmegaConf
 
-from resnet_dyn.dynamics.analyze import DTYPES, METHODS
+from resnet_dyn.dynamics.inertia import ROUTES
 from resnet_dyn.dynamics.maps import MAP_KINDS
 from resnet_dyn.dynamics.perturbation import ATTACKS, RANDOM_KINDS
+from resnet_dyn.dynamics.unit_spectra import DTYPES, METHODS
 from resnet_dyn.errors import ConfigError, check_bool, check_choice, check_int, check_positive
 
 
@@ -88,10 +89,10 @@ def check_tol(key: str, tol: Any) -> float:
 
 def check_solver(node: DictConfig | dict) -> dict[str, Any]:
     """The ``analysis.solver`` keys, checked, as keyword arguments of
-    :func:`~resnet_dyn.dynamics.analyze.map_spectrum` (keys left out take its defaults)."""
+    :func:`~resnet_dyn.dynamics.unit_spectra.map_spectrum` (keys left out take its defaults)."""
     key = "analysis.solver"
     s = OmegaConf.to_container(node, resolve=True) if isinstance(node, DictConfig) else dict(node)
-    known = (*SOLVER_KEYS, "lanczos_tol", "count_max_gflop")
+    known = (*SOLVER_KEYS, "lanczos_tol", "count_max_gflop", "count_route")
     unknown = sorted(set(s) - set(known))
     if unknown:
         raise ConfigError(key, f"keys among {list(known)}", unknown)
@@ -108,13 +109,15 @@ def check_solver(node: DictConfig | dict) -> dict[str, Any]:
         options["count_max_gflop"] = float(
             check_positive(f"{key}.count_max_gflop", s["count_max_gflop"])
         )
+    if "count_route" in s:
+        options["count_route"] = check_choice(f"{key}.count_route", s["count_route"], ROUTES)
     return options
 
 
 def check_analysis_config(acfg: DictConfig | dict, num_units: int) -> dict[str, Any]:
     """Every ``analysis.*`` key, for a network of ``num_units`` residual units; returns the
     options normalised: ``maps`` and every ``units`` as lists (one index is one unit),
-    ``perturbation`` checked, ``solver`` as :func:`~resnet_dyn.dynamics.analyze.map_spectrum`
+    ``perturbation`` checked, ``solver`` as :func:`~resnet_dyn.dynamics.unit_spectra.map_spectrum`
     keyword arguments (:func:`check_solver`)."""
     a = OmegaConf.to_container(acfg, resolve=True) if isinstance(acfg, DictConfig) else acfg
     check_int("analysis.images", a["images"], 1)

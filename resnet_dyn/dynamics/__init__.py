@@ -12,13 +12,6 @@ fractions and histograms), :mod:`.spectrum` (singular values), :mod:`.stats`,
 :mod:`.analyze`, :mod:`.interventions`.
 """
 
-from resnet_dyn.dynamics.analyze import (
-    MapSpectrum,
-    analyze_stages,
-    analyze_units,
-    map_spectrum,
-    spectra_arrays,
-)
 from resnet_dyn.dynamics.inertia import (
     exact_fractions,
     singular_value_counts,
@@ -41,6 +34,13 @@ from resnet_dyn.dynamics.spectrum import (
     singular_value_quadrature,
 )
 from resnet_dyn.dynamics.stats import quadrature_fractions, spectrum_stats, summarize
+from resnet_dyn.dynamics.unit_spectra import (
+    MapSpectrum,
+    analyze_stages,
+    analyze_units,
+    map_spectrum,
+    spectra_arrays,
+)
 from resnet_dyn.dynamics.window import NonLocalMap, Window, local_window
 
 __all__ = [

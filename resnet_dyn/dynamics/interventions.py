@@ -15,8 +15,8 @@ from typing import Any
 
 import torch
 
-from resnet_dyn.dynamics.analyze import analyze_units
 from resnet_dyn.dynamics.maps import check_eval
+from resnet_dyn.dynamics.unit_spectra import analyze_units
 from resnet_dyn.models.base import ResidualNet, scale_weights, set_skip_scale
 
 
