@@ -33,6 +33,14 @@ relative to sigma_max^2, far below the thresholds ``tol^2 = 1e-6`` and ``(1 +- t
 so a count can only differ from the exact one for a sigma within ~1e-12 of a threshold.
 Exactly zero rows of J (a unit map's outputs behind an off ReLU) are zero rows of G:
 exact zeros, counted without entering the elimination.
+
+Dtype and BatchNorm folding: the reduced route (:mod:`resnet_dyn.dynamics.reduced`)
+colors a float64 copy of the map, so its counts are those of the float64 map (tested
+against jacfwd of the unfolded float64 map). The gram route colors J in the map's own
+dtype (float32 for a trained net, 4x cheaper): a count can then differ from the float64
+map's only for a sigma within about 1e-7 relative of a threshold (float32 rounding of J's
+entries and of the folded BatchNorm); pass a float64 map (``analysis.dtype=float64``) to
+exclude that.
 """
 
 from __future__ import annotations
