@@ -527,10 +527,12 @@ def bench_resnet56_all_units(b: Bench, budget: float = 60.0) -> None:
     ]
     print(f"not converged (sigma_max or sigma_min): {unconverged}", flush=True)
     keys = ("frac_one", "frac_gt_one", "frac_zero")
-    same = all(
-        r[m][key] == q[m][key] for r, q in zip(res, base_res, strict=True)
-        for m in ("sum", "unit") for key in keys
-    )  # fmt: skip
+    differ = [
+        f"{r['index']}/{m}" for r, q in zip(res, base_res, strict=True) for m in ("sum", "unit")
+        if any(r[m][key] != q[m][key] for key in keys)
+    ]  # fmt: skip
+    print(f"fractions that differ between the routes (unit/map): {differ}", flush=True)
+    same = not differ
     result(
         "resnet56_all_units",
         ours,
