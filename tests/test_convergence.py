@@ -8,6 +8,7 @@ import math
 
 import pytest
 import torch
+from test_device import small_net
 
 from resnet_dyn.dynamics import map_spectrum, unit_map, unit_states
 from resnet_dyn.dynamics import spectrum as spectrum_mod
@@ -15,20 +16,13 @@ from resnet_dyn.dynamics.gridlu import GridLU
 from resnet_dyn.dynamics.inertia import count_below
 from resnet_dyn.dynamics.jacobian import LocalJacobian, jacobian
 from resnet_dyn.dynamics.window import Window
-from resnet_dyn.models import CifarResNet
 
 
 @pytest.fixture(scope="module")
 def sum_map():
     """The sum map of unit 0 of a ResNet-8 (16x8x8, n = 1024) with warmed BatchNorm, and
     its singular values from the dense J of its float64 copy."""
-    torch.manual_seed(0)
-    net = CifarResNet(depth=8, input_shape=(3, 8, 8))
-    net.train()
-    with torch.no_grad():
-        for _ in range(3):
-            net(torch.randn(16, 3, 8, 8))
-    net.eval()
+    net = small_net()
     x = unit_states(net, torch.randn(1, 3, 8, 8))[0][0]
     f = unit_map(net, 0, x, "sum")
     return f, torch.linalg.svdvals(jacobian(f.to(torch.float64)).matrix)
