@@ -144,6 +144,28 @@ def dissection(
     return nodes
 
 
+def dissection_flops(
+    h: int,
+    w: int,
+    reach: tuple[int, int],
+    channels: int,
+    leaf: int = 512,
+    unknowns: torch.Tensor | None = None,
+) -> float:
+    """Floating-point operations of one factorization in :func:`dissection` order (pivot
+    block, solves and Schur update of every front). ``unknowns``: the number of unknowns at
+    each pixel (h * w,), where fewer than ``channels`` take part; default ``channels``."""
+    dev = None if unknowns is None else unknowns.device
+    total = 0.0
+    for sep, halo, _ in dissection(h, w, reach, channels, leaf, device=dev):
+        if unknowns is None:
+            k, m = channels * sep.numel(), channels * halo.numel()
+        else:
+            k, m = int(unknowns[sep].sum()), int(unknowns[halo].sum())
+        total += k**3 + 2 * k * k * m + 2 * k * m * m
+    return total
+
+
 class GridLU:
     """Solves with J (and J^T) of a square local map on a (C, H, W) grid; see the module
     docstring. Build with :meth:`factor`."""

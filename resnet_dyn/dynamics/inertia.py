@@ -49,7 +49,7 @@ from collections.abc import Sequence
 
 import torch
 
-from resnet_dyn.dynamics.gridlu import PIVOT_RTOL, dissection
+from resnet_dyn.dynamics.gridlu import PIVOT_RTOL, dissection, dissection_flops
 from resnet_dyn.dynamics.jacobian import LocalJacobian, local_jacobian
 from resnet_dyn.dynamics.maps import UnitMap
 from resnet_dyn.dynamics.reduced import (
@@ -129,11 +129,7 @@ def count_flops(shape: Sequence[int], reach: tuple[int, int], leaf: int = 512) -
     """Floating-point operations of one count on a (C, H, W) grid of Gram reach ``reach``
     (pivot factorizations, solves and Schur updates of every front; no zero rows)."""
     c, h, w = shape
-    total = 0.0
-    for sep, halo, _ in dissection(h, w, reach, c, leaf):
-        k, m = c * sep.numel(), c * halo.numel()
-        total += k**3 + 2 * k * k * m + 2 * k * m * m
-    return total
+    return dissection_flops(h, w, reach, c, leaf)
 
 
 def count_below(gram: LocalJacobian, shifts: Sequence[float], *, leaf: int = 512) -> list[int]:
@@ -328,7 +324,7 @@ def countable(f: UnitMap, *, max_gflop: float = COUNT_MAX_GFLOP) -> tuple[bool, 
     gflop = count_flops(f.out_shape, _gram_reach(window)) / 1e9
     if not why_not(f):
         c_h, h, w = f.in_shape  # the hidden grid of a stride-1 unit has the input's pixels
-        gflop = min(gflop, count_flops((2 * c_h, h, w), (2, 2)) / 1e9)
+        gflop = min(gflop, count_flops((2 * c_h, h, w), window.lo) / 1e9)
     if gflop > max_gflop:
         return False, f"a count would take {gflop:.0f} GFLOP (> {max_gflop:g})"
     return True, ""

@@ -61,7 +61,7 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from resnet_dyn.dynamics.gridlu import dissection
+from resnet_dyn.dynamics.gridlu import dissection_flops
 from resnet_dyn.dynamics.jacobian import LocalJacobian, local_jacobian
 from resnet_dyn.dynamics.maps import UnitMap
 from resnet_dyn.dynamics.window import NonLocalMap, Window, local_window
@@ -317,10 +317,6 @@ def reduced_flops(split: LowRankSplit, leaf: int = 512) -> float:
     """Floating-point operations of one reduced count: the fronts of the nested dissection
     of X over its active unknowns (pivot factorizations, solves and Schur updates)."""
     c, h, w = split.active.shape
-    keep = split.active.reshape(c, h * w)
-    total = 0.0
-    for sep, halo, _ in dissection(h, w, (2, 2), 2 * c, leaf, device=keep.device):
-        k = 2 * int(keep[:, sep].sum())
-        m = 2 * int(keep[:, halo].sum())
-        total += k**3 + 2 * k * k * m + 2 * k * m * m
-    return total
+    (ci, cj), (bi, bj) = _reach(split.C), _reach(split.B)
+    unknowns = 2 * split.active.reshape(c, h * w).sum(0)  # both halves of X at each pixel
+    return dissection_flops(h, w, (ci + bi, cj + bj), 2 * c, leaf, unknowns)
