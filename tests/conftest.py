@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import inspect
 import os
 import subprocess
 import sys
@@ -126,12 +127,53 @@ def tmpfs(tmp_path):
 # system tests that each start several real processes or a whole sweep. A test is slow by its
 # own `@pytest.mark.slow`, or by using one of these shared real-sweep fixtures.
 SLOW_FIXTURES = {"slurm_cluster", "analysed_sweep"}
+# Both run in two pytest-xdist workers (`-n 2`, one per core) that take work in units: a
+# file by default, so that its module-scoped trained fixtures are made once; the files that
+# share a session-scoped fixture of this conftest are one unit, so it is made once too; the
+# tests of a file in SPLIT_FILES (no fixture wider than a test) are a unit each, so that the
+# longest file (about a third of the suite) is shared between the workers.
+SHARED_FIXTURE_FILES = {"analysed_sweep": ("test_faults.py", "test_report.py")}
+UNIT_OF_FILE = {file: name for name, files in SHARED_FIXTURE_FILES.items() for file in files}
+SPLIT_FILES = {"test_train.py"}
 
 
 def pytest_collection_modifyitems(config, items):
     for item in items:
-        if SLOW_FIXTURES & set(getattr(item, "fixturenames", ())):
+        used = set(getattr(item, "fixturenames", ()))
+        if SLOW_FIXTURES & used:
             item.add_marker(pytest.mark.slow)
+        for name in SHARED_FIXTURE_FILES.keys() & used:
+            if item.path.name not in SHARED_FIXTURE_FILES[name]:
+                raise pytest.UsageError(
+                    f"{item.path.name} uses the session fixture {name}: add it to"
+                    f" SHARED_FIXTURE_FILES[{name!r}] in tests/conftest.py"
+                )
+        if item.path.name in SPLIT_FILES:
+            wide = sorted(  # of the suite's own fixtures (pytest's tmp_path_factory is fine)
+                name
+                for name, defs in item._fixtureinfo.name2fixturedefs.items()
+                if defs[-1].scope != "function"
+                and Path(inspect.getfile(defs[-1].func)).parent == ROOT / "tests"
+            )
+            if wide:
+                raise pytest.UsageError(
+                    f"{item.nodeid} uses the wider-scoped fixtures {wide}: its file cannot"
+                    " be in SPLIT_FILES in tests/conftest.py"
+                )
+
+
+@pytest.hookimpl(optionalhook=True)  # a hook of pytest-xdist (make test runs it)
+def pytest_xdist_make_scheduler(config, log):
+    from xdist.scheduler import LoadScopeScheduling
+
+    class ByUnit(LoadScopeScheduling):
+        """The work units above; xdist hands the ones of most tests out first."""
+
+        def _split_scope(self, nodeid: str) -> str:
+            file = nodeid.split("::", 1)[0].rsplit("/", 1)[-1]
+            return nodeid if file in SPLIT_FILES else UNIT_OF_FILE.get(file, file)
+
+    return ByUnit(config, log)
 
 
 def run_clis(cases: dict, jobs: int = 2) -> dict:

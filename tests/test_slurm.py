@@ -143,7 +143,10 @@ def test_a_preempted_slurm_job_checkpoints_is_requeued_and_finishes(slurm_cluste
         for sig in ("TERM", "USR2"):
             subprocess.run(["scancel", f"--signal={sig}", job_id], check=True, timeout=30)
             time.sleep(0.5)
-        # A requeued job waits for a begin time SLURM sets (minutes); let it start now.
+        # A requeued job waits for a begin time SLURM sets (minutes); let it start now, but
+        # not within the second its first run's credential was revoked: credential times are
+        # whole seconds, and a restart in that same second is killed ("Job credential revoked").
+        time.sleep(1.5)
         deadline = time.time() + 60
         while not any(s == "PENDING" for _, s, _ in _squeue(name)):
             assert time.time() < deadline, f"not requeued: {_squeue(name)}"
