@@ -48,16 +48,20 @@ def setting(tmp_path_factory):
     return cfg, dm, net, images, labels
 
 
-def _sum_map(setting, tmp_path: Path, unit: int = 0, **keys: Any) -> dict[str, Any]:
+def _sum_map(
+    setting, tmp_path: Path, unit: int = 0, seed: int = 0, **keys: Any
+) -> dict[str, Any]:
     """The summary of ``unit``'s sum map with ``analysis.<key>`` (``solver.dense_max``, ...)
-    set as given."""
+    set as given, for a job of ``seed``."""
     cfg, _, net, images, labels = setting
     a = OmegaConf.to_container(cfg.analysis)
     a["units"] = [unit]
     for dotted, value in keys.items():
         group, _, name = dotted.rpartition("__")
         (a[group] if group else a)[name] = value
-    result = spectrum_analysis(net, images, labels, OmegaConf.create(a), tmp_path, "t")
+    result = spectrum_analysis(
+        net, images, labels, OmegaConf.create(a), tmp_path, "t", seed=seed
+    )
     return result.summary["units"][0]["sum"]
 
 
@@ -78,9 +82,10 @@ def _forwarded(calls: list[dict[str, Any]]) -> None:
     assert calls, "no spectrum was computed"
     for name, (value, keyword) in SOLVER.items():
         assert all(c[keyword] == value for c in calls), (name, calls[0])
+    assert all(c["seed"] == 7 for c in calls), calls[0]  # the job's seed: the probes' too
 
 
-SOLVER_OVERRIDES = [f"analysis.solver.{k}={v}" for k, (v, _) in SOLVER.items()]
+SOLVER_OVERRIDES = [f"analysis.solver.{k}={v}" for k, (v, _) in SOLVER.items()] + ["seed=7"]
 
 
 def test_resnet_dyn_analyze_forwards_every_solver_key(monkeypatch, tmp_path):
@@ -160,3 +165,34 @@ def test_project_max_lists_larger_units_as_skipped(
     pert = perturbation_run(net, dm, settings, 1, tmp_path, "t")
     assert pert["projection"]["units"] == projected
     assert pert["projection"]["skipped"] == skipped
+
+
+def test_the_jobs_seed_draws_the_slq_probes(setting, tmp_path):
+    # The job's seed reaches the matrix-free probes: another seed, another estimate (within
+    # its error bar of the exact fraction); a dense spectrum does not depend on it.
+    estimates = [_sum_map(setting, tmp_path, seed=seed, method="slq") for seed in (0, 1)]
+    assert estimates[0]["frac_gt_one"] != estimates[1]["frac_gt_one"]
+    exact = _sum_map(setting, tmp_path, method="dense")
+    for estimate in estimates:
+        assert abs(estimate["frac_gt_one"] - exact["frac_gt_one"]) <= estimate["frac_gt_one_err"]
+    assert exact == _sum_map(setting, tmp_path, seed=1, method="dense")
+
+
+def test_the_jobs_seed_draws_the_random_perturbation(setting, tmp_path):
+    # FGSM has no random start: the adversarial curve is the same for both seeds, the
+    # random one (matched to its norm) is drawn anew.
+    cfg, dm, net, _, _ = setting
+    settings = check_perturbation(OmegaConf.to_container(cfg.analysis.perturbation))
+    runs = [perturbation_run(net, dm, settings, 1, tmp_path, "t", seed=seed) for seed in (0, 1)]
+    assert runs[0]["adversarial_rel"] == runs[1]["adversarial_rel"]
+    assert runs[0]["random_rel"] != runs[1]["random_rel"]
+    assert (runs[0]["seed"], runs[1]["seed"]) == (0, 1)
+
+
+def test_the_jobs_seed_reaches_every_analysis_callback_that_draws(tmp_path):
+    drawing = {}
+    for group in ("all_analyses", "noise"):
+        cfg = compose_config("train", [*SMALL, "seed=5", f"callbacks={group}"], tmp_path)
+        drawing |= {name: build(node) for name, node in cfg.callbacks.items() if "seed" in node}
+    assert set(drawing) == {"spectrum", "perturbation", "noise"}
+    assert {name: c.seed for name, c in drawing.items()} == dict.fromkeys(drawing, 5)

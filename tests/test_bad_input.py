@@ -309,6 +309,9 @@ EXEMPT = {
     "callbacks.perturbation.units": "${analysis.units}: the cases above",
     "callbacks.perturbation.tol": "${analysis.tol}: the cases above",
     "callbacks.spectrum.analysis": "${analysis}: the cases above",
+    "callbacks.spectrum.seed": "${seed}: the seed cases above",
+    "callbacks.perturbation.seed": "${seed}: the seed cases above",
+    "callbacks.noise.seed": "${seed}: the seed cases above",
     "logger.wandb": "the W&B logger itself; logger=none drops it",
 }
 

@@ -107,12 +107,11 @@ def run_analysis_job(cfg: DictConfig) -> dict[str, Any]:
         with unit_progress(total, "spectra") as advance:
             result = spectrum_analysis(
                 net, images.to(device), labels.to(device), cfg.analysis, job_dir / "analysis",
-                "final", advance,
+                "final", advance, seed=cfg.seed,
             )  # fmt: skip
-        settings = {**a["perturbation"], "seed": cfg.seed}
         pert = perturbation_run(
-            net, datamodule, settings, a["images"], job_dir / "analysis", "final",
-            units=a["units"], tol=a["tol"],
+            net, datamodule, a["perturbation"], a["images"], job_dir / "analysis", "final",
+            units=a["units"], tol=a["tol"], seed=cfg.seed,
         )  # fmt: skip
         ident = identity_run(net, datamodule, a["identity"]["images"])
         if run is not None:  # the same keys, tables and charts as the training callbacks

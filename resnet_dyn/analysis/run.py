@@ -66,6 +66,7 @@ def perturbation_run(
     tag: str,
     units: str | list[int] = "all",
     tol: float = 1e-3,
+    seed: int = 0,
 ) -> dict[str, Any]:
     """Adversarial vs random perturbations of ``net`` (eval mode) at the first ``images``
     test images, in pixel space: the one path of ``resnet-dyn-analyze`` and the perturbation
@@ -80,6 +81,7 @@ def perturbation_run(
     has at most ``settings["project_max"]`` dimensions (default ``PROJECT_MAX``; a dense SVD
     each; larger ones are listed under ``projection["skipped"]``), for singular values
     within ``tol`` of 1 counted as neutral. ``units``: "all", one index or a list of them.
+    ``seed``: the PGD random start's and the random perturbation's (the job's ``seed``).
     """
     from resnet_dyn.dynamics.perturbation import perturbation_analysis, to_pixels
 
@@ -99,7 +101,7 @@ def perturbation_run(
             (project if min(sizes[k], sizes[k + 1]) <= project_max else skipped).append(k)
     result = perturbation_analysis(
         net, to_pixels(x, mean, std).to(device), labels.to(device), mean, std, **settings,
-        project_units=project, tol=tol,
+        project_units=project, tol=tol, seed=seed,
     )  # fmt: skip
     if asked:
         # Every unit too large (project_max): still say so, rather than drop the section.
@@ -198,12 +200,15 @@ def compute_spectra(
     labels: torch.Tensor,
     acfg: DictConfig,
     advance: Advance | None = None,
+    seed: int = 0,
 ) -> Spectra:
     """The spectra ``acfg`` asks for of ``net`` (eval mode) at ``images``; nothing written.
     ``analysis.intervention`` is applied by the caller (:func:`intervened`), so that every
-    analysis sees the same network; it is recorded here."""
+    analysis sees the same network; it is recorded here. ``seed``: the random probes of the
+    matrix-free methods (the job's ``seed``)."""
     a = check_analysis(acfg, net)
     options = {"method": a["method"], "tol": a["tol"], "top_k": a["top_k"], "dtype": a["dtype"]}
+    options["seed"] = seed
     # analysis.solver: map_spectrum's sizes and budgets, for unit and stage maps alike.
     options |= a["solver"]
     unit_maps = [m for m in a["maps"] if m != "stage"]
@@ -261,11 +266,12 @@ def spectrum_analysis(
     out_dir: Path,
     tag: str,
     advance: Advance | None = None,
+    seed: int = 0,
 ) -> SpectrumAnalysis:
     """:func:`compute_spectra`, then :func:`write_spectra` into ``out_dir``: the one path of
     ``resnet-dyn-analyze`` and the spectrum callback."""
     start = time.time()
-    spectra = compute_spectra(net, images, labels, acfg, advance)
+    spectra = compute_spectra(net, images, labels, acfg, advance, seed)
     spectra_file, figures = write_spectra(spectra, out_dir, tag)
     summary = {
         "accuracy": spectra.accuracy,

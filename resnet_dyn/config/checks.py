@@ -39,14 +39,15 @@ def check_units(key: str, units: Any, n: int, *, allow_all: bool = True) -> None
 
 
 PERTURBATION_KEYS = (
-    "attack", "eps", "steps", "step_size", "random_kind", "seed", "project", "project_max",
+    "attack", "eps", "steps", "step_size", "random_kind", "project", "project_max",
 )  # fmt: skip
 
 
 def check_perturbation(node: DictConfig | dict) -> dict[str, Any]:
     """The ``analysis.perturbation`` keys, checked: keyword arguments of
     :func:`~resnet_dyn.dynamics.perturbation.perturbation_analysis` (keys left out take its
-    defaults) and ``project`` (:func:`resnet_dyn.analysis.run.perturbation_run`)."""
+    defaults) and ``project`` (:func:`resnet_dyn.analysis.run.perturbation_run`). No seed:
+    the random draws follow the job's ``seed``."""
     key = "analysis.perturbation"
     p = OmegaConf.to_container(node, resolve=True) if isinstance(node, DictConfig) else dict(node)
     unknown = sorted(set(p) - set(PERTURBATION_KEYS))
@@ -58,7 +59,6 @@ def check_perturbation(node: DictConfig | dict) -> dict[str, Any]:
     check_int(f"{key}.steps", p.get("steps", 1), 1)
     check_positive(f"{key}.step_size", p.get("step_size"), optional=True)
     check_choice(f"{key}.random_kind", p.get("random_kind", "gaussian"), RANDOM_KINDS)
-    check_int(f"{key}.seed", p.get("seed", 0), 0)
     check_bool(f"{key}.project", p.get("project", False))
     # 0 is meaningful: every unit listed as skipped, none projected.
     check_int(f"{key}.project_max", p.get("project_max", 4096), 0)

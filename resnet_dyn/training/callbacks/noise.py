@@ -28,9 +28,11 @@ class NoiseCallback(L.Callback):
     Args:
         noise: the ``analysis.noise`` config (images, sigmas).
         output_dir: the job folder; the figure goes to ``<output_dir>/analysis``.
+        seed: the noise draw's (the job's ``seed``).
     """
 
-    def __init__(self, noise: DictConfig, output_dir: str) -> None:
+    def __init__(self, noise: DictConfig, output_dir: str, seed: int = 0) -> None:
+        self.seed = check_int("seed", seed, 0)
         self.images = check_int("analysis.noise.images", noise["images"], 1)
         self.sigmas = [float(s) for s in noise["sigmas"]]
         self.out_dir = Path(output_dir) / "analysis"
@@ -46,7 +48,7 @@ class NoiseCallback(L.Callback):
         x, y = dm.probe_batch(n)
         with evaluating(pl_module.net) as net:
             result = noise_evolution(
-                net, x.to(pl_module.device), y.to(pl_module.device), self.sigmas
+                net, x.to(pl_module.device), y.to(pl_module.device), self.sigmas, self.seed
             )
         curves = {
             f"sigma={s:g}": d for s, d in zip(result["sigmas"], result["distance"], strict=True)

@@ -41,6 +41,7 @@ class PerturbationCallback(L.Callback):
         units, tol: with ``analysis.perturbation.project``, the units whose directions the
             perturbations are split over ("all", one index or a list), and the width of the
             neutral band around 1 (in (0, 0.5], as ``analysis.tol``).
+        seed: the PGD random start's and the random perturbation's (the job's ``seed``).
     """
 
     def __init__(
@@ -51,8 +52,10 @@ class PerturbationCallback(L.Callback):
         every_n_epochs: int = 0,
         units: str | list[int] = "all",
         tol: float = 1e-3,
+        seed: int = 0,
     ) -> None:
         self.settings = check_perturbation(perturbation)
+        self.seed = check_int("seed", seed, 0)
         # One index is one unit, as for the spectrum ("all", 3 or [3, 5]).
         self.units = [units] if isinstance(units, int) else units
         self.units = list(self.units) if not isinstance(self.units, str) else self.units
@@ -90,7 +93,7 @@ class PerturbationCallback(L.Callback):
         with evaluating(pl_module.net) as net:
             pert = perturbation_run(
                 net, trainer.datamodule, self.settings, self.images, self.out_dir,
-                f"epoch{epoch:03d}", units=self.units, tol=self.tol,
+                f"epoch{epoch:03d}", units=self.units, tol=self.tol, seed=self.seed,
             )  # fmt: skip
         log_results(
             trainer,

@@ -36,10 +36,14 @@ class SpectrumCallback(L.Callback):
         analysis: the ``analysis`` config (images, units, maps, method, tol, ...).
         every_n_epochs: also run after every n-th training epoch; 0: only at the end.
         output_dir: the job folder; spectra go to ``<output_dir>/analysis``.
+        seed: the random probes of the matrix-free methods (the job's ``seed``).
     """
 
-    def __init__(self, analysis: DictConfig, output_dir: str, every_n_epochs: int = 0) -> None:
+    def __init__(
+        self, analysis: DictConfig, output_dir: str, every_n_epochs: int = 0, seed: int = 0
+    ) -> None:
         self.analysis = analysis
+        self.seed = check_int("seed", seed, 0)
         self.every_n_epochs = check_int("callbacks.spectrum.every_n_epochs", every_n_epochs, 0)
         self.out_dir = Path(output_dir) / "analysis"
         self.summary: dict[str, Any] | None = None
@@ -88,6 +92,7 @@ class SpectrumCallback(L.Callback):
                     self.out_dir,
                     f"epoch{epoch:03d}",
                     advance,
+                    seed=self.seed,
                 )
         scalars = spectrum_scalars(result.summary)
 
