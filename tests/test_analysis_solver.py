@@ -48,9 +48,7 @@ def setting(tmp_path_factory):
     return cfg, dm, net, images, labels
 
 
-def _sum_map(
-    setting, tmp_path: Path, unit: int = 0, seed: int = 0, **keys: Any
-) -> dict[str, Any]:
+def _sum_map(setting, tmp_path: Path, unit: int = 0, seed: int = 0, **keys: Any) -> dict[str, Any]:
     """The summary of ``unit``'s sum map with ``analysis.<key>`` (``solver.dense_max``, ...)
     set as given, for a job of ``seed``."""
     cfg, _, net, images, labels = setting
@@ -59,9 +57,7 @@ def _sum_map(
     for dotted, value in keys.items():
         group, _, name = dotted.rpartition("__")
         (a[group] if group else a)[name] = value
-    result = spectrum_analysis(
-        net, images, labels, OmegaConf.create(a), tmp_path, "t", seed=seed
-    )
+    result = spectrum_analysis(net, images, labels, OmegaConf.create(a), tmp_path, "t", seed=seed)
     return result.summary["units"][0]["sum"]
 
 
