@@ -2,7 +2,9 @@
 
 import pytest
 import torch
+from conftest import compose_config
 
+from resnet_dyn.analysis.job import run_analysis_job
 from resnet_dyn.errors import UserError
 from resnet_dyn.models import CifarResNet
 from resnet_dyn.models.checkpoints import akamaster_to_units, load_model, units_to_akamaster
@@ -159,3 +161,22 @@ def test_a_crafted_architecture_is_refused_and_nothing_it_asks_for_happens(
     message = str(info.value)
     assert "\n" not in message and str(path) in message and says in message
     assert not marker.exists()
+
+
+def test_resnet_dyn_analyze_records_the_checkpoints_settings_not_the_model_groups(tmp_path):
+    # Built with alpha = beta = 0.5; analysed with analyze.yaml's model group (1.0, 1.0).
+    net = CifarResNet(depth=8, input_shape=(1, 8, 8), num_classes=10, skip_scale=0.5,
+                      weight_scale=0.5)  # fmt: skip
+    model = {"name": "cifar_resnet", "depth": 8, "skip_scale": 0.5, "weight_scale": 0.5}
+    arch = {"model": model, "input_shape": [1, 8, 8], "num_classes": 10}
+    state = {f"net.{k}": v for k, v in net.state_dict().items()}
+    torch.save({"state_dict": state, "resnet_dyn": arch}, tmp_path / "half.ckpt")
+    _, info = load_model(tmp_path / "half.ckpt")
+    assert info["model"] == model
+    overrides = [
+        f"checkpoint.path={tmp_path / 'half.ckpt'}", "logger=none", "analysis.images=1",
+        "analysis.units=[0]", "analysis.maps=[sum]", "analysis.identity.images=8",
+    ]  # fmt: skip
+    summary = run_analysis_job(compose_config("analyze", overrides, tmp_path / "job"))
+    assert summary["config"]["model"]["skip_scale"] == 1.0
+    assert summary["model"] == model

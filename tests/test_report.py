@@ -28,7 +28,7 @@ from resnet_dyn.report.batch import (
 )
 from resnet_dyn.report.build import build_report
 from resnet_dyn.report.figures import UNTRAINED_ACC, axes_data, identity_scaling, noise_data
-from resnet_dyn.report.sweep import load_sweep, table
+from resnet_dyn.report.sweep import alpha_beta, load_sweep, table
 from resnet_dyn.report.units import (
     alpha_beta_figures,
     alpha_beta_grid,
@@ -718,3 +718,26 @@ def test_noise_figure_leaves_out_an_untrained_model(tmp_path, drawn):
         "Not drawn: models that did not train (test/acc below 0.5): MLP "
         "#1 model._target_=resnet_dyn.models.MLP, model.depth=6 (test/acc 0.120)."
     ) in page
+
+
+def test_alpha_beta_is_the_analysed_networks_own(tmp_path):
+    # A resnet-dyn-analyze job's config holds analyze.yaml's model group (alpha = beta = 1),
+    # its summary the checkpoint's settings (0.5, 0.5): those are what it analysed. A post-hoc
+    # intervention sets alpha and multiplies beta; a training job's config is its model.
+    trained = {"model": {"name": "cifar_resnet", "skip_scale": 0.5, "weight_scale": 0.5}}
+    cases = {
+        "0": (["model.skip_scale=1.0"], {}, (0.5, 0.5)),
+        "1": ([], {"weight_scale": 2.0}, (0.5, 1.0)),
+        "2": ([], {"skip_scale": 1.0}, (1.0, 0.5)),
+    }
+    for name, (overrides, iv, _) in cases.items():
+        make_job(
+            tmp_path / "analyze", name, overrides, {**trained, "analysis": {"intervention": iv}}
+        )
+    make_job(tmp_path / "train", "0", ["model.skip_scale=0.7", "model.weight_scale=0.3"], {})
+    jobs = {j.name: j for j in load_sweep(tmp_path / "analyze").jobs}
+    assert {name: alpha_beta(jobs[name]) for name in cases} == {
+        name: expected for name, (_, _, expected) in cases.items()
+    }
+    (job,) = load_sweep(tmp_path / "train").jobs
+    assert alpha_beta(job) == (0.7, 0.3)

@@ -62,14 +62,19 @@ def check_device(name: Any) -> torch.device:
     return device
 
 
-def load_network(cfg: DictConfig, input_shape: tuple, num_classes: int) -> tuple[ResidualNet, int]:
-    """The network to analyse, in eval mode, and the epochs it was trained for (0 for a
-    network at initialisation or a checkpoint that does not say): from ``checkpoint.path``,
-    or at initialisation."""
+def load_network(
+    cfg: DictConfig, input_shape: tuple, num_classes: int
+) -> tuple[ResidualNet, int, dict[str, Any]]:
+    """The network to analyse, in eval mode, the epochs it was trained for (0 for a network
+    at initialisation or a checkpoint that does not say) and the model settings it was built
+    with (a checkpoint's own, not the ``model`` group's): from ``checkpoint.path``, or at
+    initialisation."""
     ck = cfg.checkpoint
     if ck.path is None:
         net = build(cfg.model, input_shape=input_shape, num_classes=num_classes)
-        return net.eval(), 0
+        settings = OmegaConf.to_container(cfg.model, resolve=True)
+        settings.pop("_target_", None)
+        return net.eval(), 0, settings
     depth = cfg.model.get("depth")
     net, info = load_model(ck.path, ck.format, depth=depth, num_classes=num_classes)
     if tuple(info["input_shape"]) != tuple(input_shape):
@@ -78,7 +83,7 @@ def load_network(cfg: DictConfig, input_shape: tuple, num_classes: int) -> tuple
             f"images of shape {tuple(info['input_shape'])} for this model",
             tuple(input_shape),
         )
-    return net, info.get("epoch") or 0
+    return net, info.get("epoch") or 0, info.get("model") or {}
 
 
 def run_analysis_job(cfg: DictConfig) -> dict[str, Any]:
@@ -95,7 +100,9 @@ def run_analysis_job(cfg: DictConfig) -> dict[str, Any]:
         device = check_device(cfg.device)
         L.seed_everything(cfg.seed, verbose=False)
         datamodule = build(cfg.data)
-        net, epoch = load_network(cfg, datamodule.input_shape, datamodule.num_classes)
+        net, epoch, built_with = load_network(cfg, datamodule.input_shape, datamodule.num_classes)
+        # What the report places the analyses at (alpha, beta): the checkpoint's settings.
+        summary["model"] = built_with
         a = check_analysis(cfg.analysis, net)
         images, labels = probe(datamodule, a["images"], "analysis.images")
         # Every analysis below sees the intervened network (analysis.intervention).

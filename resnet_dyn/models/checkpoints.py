@@ -174,6 +174,9 @@ def load_model(
     ``fmt="lightning"``: a checkpoint of ``resnet-dyn``; the architecture comes from the
     checkpoint. ``fmt="akamaster"``: ``{'state_dict': {'module.conv1.weight', ...}}``, a
     post-activation option-A CIFAR ResNet of ``depth`` layers on 3x32x32 images.
+    What is known: ``format``, ``input_shape``, ``num_classes``, ``model`` (the settings it
+    was built with: ``name``, ``depth``, ``skip_scale``, ``weight_scale``, ...) and, for a
+    lightning checkpoint, ``epoch`` (epochs trained, None when it does not say).
     """
     path = Path(path)
     if fmt not in FORMATS:
@@ -191,7 +194,8 @@ def load_model(
         )
         _load_strict(net, akamaster_to_units(ckpt["state_dict"], depth), path)
         info = {"format": fmt, "input_shape": [3, 32, 32], "num_classes": num_classes}
-        return net.eval(), info
+        model = {"name": "cifar_resnet", "depth": depth, "shortcut": "A"}
+        return net.eval(), {**info, "model": {**model, "skip_scale": 1.0, "weight_scale": 1.0}}
     arch = ckpt.get("resnet_dyn")
     if not isinstance(arch, dict):
         raise DataError(
@@ -206,6 +210,5 @@ def load_model(
     # Lightning stores the 0-based epoch it saved in; counted from 1 it is the epochs trained
     # (for the checkpoints saved at an epoch's end, as best-*.ckpt and last.ckpt are).
     saved_in = ckpt.get("epoch")
-    info = {k: v for k, v in arch.items() if k != "model"}
     epoch = saved_in + 1 if isinstance(saved_in, int) else None
-    return net.eval(), {"format": fmt, **info, "epoch": epoch}
+    return net.eval(), {"format": fmt, **arch, "epoch": epoch}

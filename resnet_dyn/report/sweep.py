@@ -231,13 +231,19 @@ def mean_std(values: Iterable[Any]) -> tuple[float | None, float | None, int]:
 
 
 def alpha_beta(job: Job) -> tuple[Any, Any]:
-    """The skip scale alpha and weight scale beta a job's analyses belong to: the post-hoc
-    intervention of resnet-dyn-analyze where one was set (its summary's
-    ``analysis.intervention``, else its config's), else the model's values at training."""
+    """The skip scale alpha and weight scale beta of the network a job analysed: the model's
+    (a resnet-dyn-analyze job's summary ``model``: the checkpoint's settings; else the job's
+    config), changed by a post-hoc intervention where one was set (its summary's
+    ``analysis.intervention``, else its config's), which sets alpha and multiplies beta
+    (:func:`~resnet_dyn.dynamics.interventions.with_intervention`)."""
+    built = job.summary.get("model") or job.cfg("model") or {}
     iv = job.analysis.get("intervention") or job.cfg("analysis.intervention") or {}
-    alpha, beta = iv.get("skip_scale"), iv.get("weight_scale")
-    alpha = job.cfg("model.skip_scale") if alpha is None else alpha
-    return alpha, job.cfg("model.weight_scale") if beta is None else beta
+    alpha, beta = built.get("skip_scale"), built.get("weight_scale")
+    if iv.get("skip_scale") is not None:
+        alpha = iv["skip_scale"]
+    if iv.get("weight_scale") is not None:
+        beta = iv["weight_scale"] * (1.0 if beta is None else beta)
+    return alpha, beta
 
 
 def spectrum_mean(job: Job, map_name: str, stat: str) -> float | None:
