@@ -24,13 +24,13 @@ from resnet_dyn.analysis.run import (
     spectrum_analysis,
     spectrum_scalars,
 )
-from resnet_dyn.config.build import build
+from resnet_dyn.config.build import build, plain_settings
 from resnet_dyn.config.checks import check_job_config
 from resnet_dyn.errors import ConfigError, check_choice
 from resnet_dyn.files import write_json_atomic
 from resnet_dyn.logs.wandb_charts import perturbation_charts, wandb_spectra
 from resnet_dyn.logs.wandb_run import finish_wandb, start_wandb
-from resnet_dyn.models import ResidualNet
+from resnet_dyn.models import ResidualNet, model_name
 from resnet_dyn.models.checkpoints import FORMATS, load_model
 from resnet_dyn.progress import unit_progress
 
@@ -72,9 +72,7 @@ def load_network(
     ck = cfg.checkpoint
     if ck.path is None:
         net = build(cfg.model, input_shape=input_shape, num_classes=num_classes)
-        settings = OmegaConf.to_container(cfg.model, resolve=True)
-        settings.pop("_target_", None)
-        return net.eval(), 0, settings
+        return net.eval(), 0, {"name": model_name(net), **plain_settings(cfg.model)}
     depth = cfg.model.get("depth")
     net, info = load_model(ck.path, ck.format, depth=depth, num_classes=num_classes)
     if tuple(info["input_shape"]) != tuple(input_shape):

@@ -207,8 +207,7 @@ def compute_spectra(
     analysis sees the same network; it is recorded here. ``seed``: the random probes of the
     matrix-free methods (the job's ``seed``)."""
     a = check_analysis(acfg, net)
-    options = {"method": a["method"], "tol": a["tol"], "top_k": a["top_k"], "dtype": a["dtype"]}
-    options["seed"] = seed
+    options = {key: a[key] for key in ("method", "tol", "top_k", "dtype")} | {"seed": seed}
     # analysis.solver: map_spectrum's sizes and budgets, for unit and stage maps alike.
     options |= a["solver"]
     unit_maps = [m for m in a["maps"] if m != "stage"]

@@ -32,6 +32,14 @@ def build(node: Any, /, key: str | None = None, **kwargs: Any) -> Any:
         raise refused_arguments(key, node, cause) from None
 
 
+def plain_settings(node: Any) -> dict[str, Any]:
+    """The resolved values of a ``_target_`` config node without its ``_target_``: what a
+    checkpoint or summary stores of a model (plain values, never code)."""
+    values = OmegaConf.to_container(node, resolve=True)
+    values.pop("_target_", None)
+    return values
+
+
 def refused_arguments(key: str, node: Any, cause: BaseException) -> ConfigError:
     """The one-line error for arguments that the ``_target_`` of ``node`` refuses: it names
     ``key``, the target, the target's reason and the values given (without ``_target_`` and

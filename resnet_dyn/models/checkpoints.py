@@ -194,8 +194,9 @@ def load_model(
         )
         _load_strict(net, akamaster_to_units(ckpt["state_dict"], depth), path)
         info = {"format": fmt, "input_shape": [3, 32, 32], "num_classes": num_classes}
-        model = {"name": "cifar_resnet", "depth": depth, "shortcut": "A"}
-        return net.eval(), {**info, "model": {**model, "skip_scale": 1.0, "weight_scale": 1.0}}
+        info["model"] = {"name": "cifar_resnet", "depth": depth, "shortcut": "A",
+                         "skip_scale": 1.0, "weight_scale": 1.0}  # fmt: skip
+        return net.eval(), info
     arch = ckpt.get("resnet_dyn")
     if not isinstance(arch, dict):
         raise DataError(

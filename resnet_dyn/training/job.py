@@ -18,7 +18,7 @@ from typing import Any, NamedTuple
 import lightning as L
 from omegaconf import DictConfig, OmegaConf
 
-from resnet_dyn.config.build import build
+from resnet_dyn.config.build import build, plain_settings
 from resnet_dyn.config.checks import check_analysis_config, check_job_config
 from resnet_dyn.errors import UserError
 from resnet_dyn.files import unwritable_reason, write_json_atomic
@@ -87,10 +87,8 @@ def build_job(cfg: DictConfig) -> Job:
     datamodule = build(cfg.data)
     net = build(cfg.model, input_shape=datamodule.input_shape, num_classes=datamodule.num_classes)
     # Plain values only, under a registry name: loading never instantiates what a file says.
-    params = OmegaConf.to_container(cfg.model, resolve=True)
-    params.pop("_target_", None)
     architecture = {
-        "model": {"name": model_name(net), **params},
+        "model": {"name": model_name(net), **plain_settings(cfg.model)},
         "input_shape": list(datamodule.input_shape),
         "num_classes": datamodule.num_classes,
         "mean": list(datamodule.mean),
