@@ -13,6 +13,7 @@ from resnet_dyn.models import (
     DeepResNet,
     DenseResNet,
     ResidualNet,
+    TorchvisionResNet,
     branch_weights,
     scale_weights,
     scaled_parameters,
@@ -160,6 +161,13 @@ BETA_MODELS = {
     "dense": (lambda **kw: DenseResNet(4, (12,), 5, width=6, tied=False, **kw), (12,)),
     "dense_tied": (lambda **kw: DenseResNet(4, (12,), 5, width=6, activation="tanh", **kw), (12,)),
     "mlp": (lambda **kw: MLP(4, (12,), 5, width=6, **kw), (12,)),
+    # torchvision's blocks: BasicBlock (cifar stem) and Bottleneck (ImageNet stem), with
+    # 1x1-conv downsample shortcuts.
+    "tv_resnet18_cifar": (
+        lambda **kw: TorchvisionResNet("resnet18", (1, 8, 8), 5, stem="cifar", **kw),
+        (1, 8, 8),
+    ),
+    "tv_resnet50": (lambda **kw: TorchvisionResNet("resnet50", (3, 16, 16), 5, **kw), (3, 16, 16)),
 }
 RESIDUAL = [name for name in BETA_MODELS if name != "mlp"]
 

@@ -24,13 +24,13 @@ from resnet_dyn.analysis.run import (
     spectrum_analysis,
     spectrum_scalars,
 )
-from resnet_dyn.config.build import build, plain_settings
+from resnet_dyn.config.build import build, head_classes, plain_settings
 from resnet_dyn.config.checks import check_job_config
 from resnet_dyn.errors import ConfigError, check_choice
 from resnet_dyn.files import write_json_atomic
 from resnet_dyn.logs.wandb_charts import perturbation_charts, wandb_spectra
 from resnet_dyn.logs.wandb_run import finish_wandb, start_wandb
-from resnet_dyn.models import ResidualNet, model_name
+from resnet_dyn.models import ResidualNet, group_model_name, model_name
 from resnet_dyn.models.checkpoints import FORMATS, load_model
 from resnet_dyn.progress import unit_progress
 
@@ -63,18 +63,23 @@ def check_device(name: Any) -> torch.device:
 
 
 def load_network(
-    cfg: DictConfig, input_shape: tuple, num_classes: int
+    cfg: DictConfig, input_shape: tuple, data_classes: int
 ) -> tuple[ResidualNet, int, dict[str, Any]]:
     """The network to analyse, in eval mode, the epochs it was trained for (0 for a network
     at initialisation or a checkpoint that does not say) and the model settings it was built
     with (a checkpoint's own, not the ``model`` group's): from ``checkpoint.path``, or at
-    initialisation."""
+    initialisation. The head has ``model.num_classes`` outputs where the group sets it
+    (:func:`~resnet_dyn.config.build.head_classes`), else the data's classes."""
     ck = cfg.checkpoint
+    num_classes = head_classes(cfg.model, data_classes, training=False)
     if ck.path is None:
         net = build(cfg.model, input_shape=input_shape, num_classes=num_classes)
         return net.eval(), 0, {"name": model_name(net), **plain_settings(cfg.model)}
-    depth = cfg.model.get("depth")
-    net, info = load_model(ck.path, ck.format, depth=depth, num_classes=num_classes)
+    group = {"name": group_model_name(cfg.model), **plain_settings(cfg.model)}
+    net, info = load_model(
+        ck.path, ck.format, depth=cfg.model.get("depth"), num_classes=num_classes,
+        model=group, input_shape=input_shape,
+    )  # fmt: skip
     if tuple(info["input_shape"]) != tuple(input_shape):
         raise ConfigError(
             "data",

@@ -49,3 +49,26 @@ def refused_arguments(key: str, node: Any, cause: BaseException) -> ConfigError:
     given.pop("_partial_", None)
     reason = " ".join(str(cause).split())
     return ConfigError(key, f"arguments {target} accepts ({reason})", given)
+
+
+def head_classes(model: Any, data_classes: int, *, training: bool) -> int:
+    """The outputs of the model's head: ``model.num_classes`` where its group has that key
+    and sets it (``model=torchvision_resnet``), else the data's ``data_classes``.
+
+    Training needs the data's number; an analysis only needs every label to be a class of the
+    head, so a larger one is allowed (ImageNet weights, 1000 classes, on a few class folders).
+    """
+    wanted = model.get("num_classes") if hasattr(model, "get") else None
+    if wanted is None:
+        return data_classes
+    if isinstance(wanted, bool) or not isinstance(wanted, int) or wanted < 1:
+        raise ConfigError("model.num_classes", "a positive integer or null", wanted)
+    if training and wanted != data_classes:
+        raise ConfigError(
+            "model.num_classes", f"null or {data_classes} (the classes of the data)", wanted
+        )
+    if wanted < data_classes:
+        raise ConfigError(
+            "model.num_classes", f"at least {data_classes} (the classes of the data)", wanted
+        )
+    return wanted

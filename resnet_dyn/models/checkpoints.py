@@ -1,8 +1,11 @@
-"""Read trained models from files: this project's Lightning checkpoints, or akamaster state
-dicts. Here, below both jobs, because training resumes from the same files that analysis loads.
+"""Read trained models from files: this project's Lightning checkpoints, akamaster state
+dicts, or torchvision state dicts. Here, below both jobs, because training resumes from the
+same files that analysis loads.
 
     net, info = load_model("outputs/.../checkpoints/last.ckpt")
     net, info = load_model("resnet56.th", fmt="akamaster", depth=56)
+    net, info = load_model("resnet50.pth", fmt="torchvision", num_classes=1000,
+                           model={"arch": "resnet50"}, input_shape=(3, 224, 224))
 
 Every file is read with ``torch.load(weights_only=True)``, so a checkpoint can carry no code,
 and a checkpoint never chooses code either: its architecture is a model name from the fixed
@@ -14,15 +17,17 @@ Loading is strict: a mismatch names the missing and unexpected keys.
 from __future__ import annotations
 
 import re
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
 import torch
 
 from resnet_dyn.errors import ConfigError, DataError, UserError
-from resnet_dyn.models import MODELS, CifarResNet, ResidualNet
+from resnet_dyn.models import MODELS, CifarResNet, ResidualNet, TorchvisionResNet
+from resnet_dyn.models.torchvision_resnet import torchvision_state
 
-FORMATS = ("lightning", "akamaster")
+FORMATS = ("lightning", "akamaster", "torchvision")
 
 
 def read_checkpoint(path: Path) -> Any:
@@ -150,6 +155,7 @@ def _build_architecture(arch: dict, path: Path) -> ResidualNet:
             "if you trust the file, build the model yourself and load its state_dict)"
         )
     name = model.pop("name", None)
+    model.pop("num_classes", None)  # the head's size is the architecture's num_classes
     if name not in MODELS:
         raise refuse(f"its stored model {name!r} is none of {', '.join(MODELS)}")
     shape, classes = arch.get("input_shape"), arch.get("num_classes")
@@ -163,17 +169,70 @@ def _build_architecture(arch: dict, path: Path) -> ResidualNet:
         raise refuse(f"its stored {name} arguments are invalid ({exc})") from None
 
 
+def _tensor_dict(value: Any) -> bool:
+    return isinstance(value, dict) and all(
+        isinstance(k, str) and isinstance(v, torch.Tensor) for k, v in value.items()
+    )
+
+
+def load_torchvision(
+    path: Path,
+    ckpt: Any,
+    model: dict[str, Any],
+    input_shape: tuple[int, ...],
+    num_classes: int,
+) -> tuple[ResidualNet, dict[str, Any]]:
+    """A torchvision ResNet state dict (``torch.save(model.state_dict())``, also wrapped as
+    ``{'state_dict': ...}`` or with DataParallel's ``module.`` prefix) loaded strictly into
+    :class:`~resnet_dyn.models.TorchvisionResNet` built from the ``model`` group's ``arch``,
+    ``stem`` and ``skip_scale`` (the file holds weights only). ``weight_scale`` must be 1:
+    it scales weights at initialisation, and these come from the file."""
+    state = ckpt.get("state_dict") if _tensor_dict(ckpt.get("state_dict")) else ckpt
+    if not _tensor_dict(state):
+        raise DataError(
+            f"checkpoint.path: {path} is not a torchvision state dict (a dictionary of "
+            "tensors, as torch.save(model.state_dict()) writes, or {'state_dict': ...})"
+        )
+    if model.get("name", "torchvision_resnet") != "torchvision_resnet":
+        raise ConfigError(
+            "model", "torchvision_resnet for checkpoint.format=torchvision", model.get("name")
+        )
+    if model.get("weight_scale", 1.0) != 1.0:
+        raise ConfigError(
+            "model.weight_scale",
+            "1.0 with checkpoint.format=torchvision (the weights come from the file; a "
+            "post-hoc beta is analysis.intervention.weight_scale)",
+            model.get("weight_scale"),
+        )
+    settings = {
+        "arch": model.get("arch", "resnet18"),
+        "stem": model.get("stem", "imagenet"),
+        "skip_scale": model.get("skip_scale", 1.0),
+    }
+    net = TorchvisionResNet(**settings, input_shape=input_shape, num_classes=num_classes)
+    _load_strict(net, torchvision_state(state), path)
+    info = {"format": "torchvision", "input_shape": list(input_shape), "num_classes": num_classes}
+    info["model"] = {"name": "torchvision_resnet", **settings, "weight_scale": 1.0}
+    return net.eval(), info
+
+
 def load_model(
     path: str | Path,
     fmt: str = "lightning",
     depth: int | None = None,
     num_classes: int = 10,
+    *,
+    model: dict[str, Any] | None = None,
+    input_shape: Sequence[int] = (3, 224, 224),
 ) -> tuple[ResidualNet, dict[str, Any]]:
     """The model stored at ``path`` in eval mode, and what is known of it.
 
     ``fmt="lightning"``: a checkpoint of ``resnet-dyn``; the architecture comes from the
     checkpoint. ``fmt="akamaster"``: ``{'state_dict': {'module.conv1.weight', ...}}``, a
     post-activation option-A CIFAR ResNet of ``depth`` layers on 3x32x32 images.
+    ``fmt="torchvision"``: a torchvision ResNet state dict (:func:`load_torchvision`), built
+    from ``model`` (the settings of ``model=torchvision_resnet``) with ``num_classes``
+    outputs for images of ``input_shape``.
     What is known: ``format``, ``input_shape``, ``num_classes``, ``model`` (the settings it
     was built with: ``name``, ``depth``, ``skip_scale``, ``weight_scale``, ...) and, for a
     lightning checkpoint, ``epoch`` (epochs trained, None when it does not say).
@@ -182,6 +241,8 @@ def load_model(
     if fmt not in FORMATS:
         raise ConfigError("checkpoint.format", " | ".join(FORMATS), fmt)
     ckpt = read_checkpoint(path)
+    if fmt == "torchvision" and isinstance(ckpt, dict):
+        return load_torchvision(path, ckpt, model or {}, tuple(input_shape), num_classes)
     if not isinstance(ckpt, dict) or not isinstance(ckpt.get("state_dict"), dict):
         raise DataError(f"checkpoint.path: {path} holds no 'state_dict' dictionary of tensors")
     if fmt == "akamaster":
@@ -201,7 +262,8 @@ def load_model(
     if not isinstance(arch, dict):
         raise DataError(
             f"checkpoint.path: {path} is not a resnet-dyn checkpoint (no architecture); "
-            "for akamaster files set checkpoint.format=akamaster"
+            "for akamaster files set checkpoint.format=akamaster, for torchvision state "
+            "dicts checkpoint.format=torchvision"
         )
     net = _build_architecture(arch, path)
     state = {

@@ -18,7 +18,7 @@ from typing import Any, NamedTuple
 import lightning as L
 from omegaconf import DictConfig, OmegaConf
 
-from resnet_dyn.config.build import build, plain_settings
+from resnet_dyn.config.build import build, head_classes, plain_settings
 from resnet_dyn.config.checks import check_analysis_config, check_job_config
 from resnet_dyn.errors import UserError
 from resnet_dyn.files import unwritable_reason, write_json_atomic
@@ -85,7 +85,8 @@ def build_job(cfg: DictConfig) -> Job:
     check_job_config(cfg)
     L.seed_everything(cfg.seed, workers=True, verbose=False)
     datamodule = build(cfg.data)
-    net = build(cfg.model, input_shape=datamodule.input_shape, num_classes=datamodule.num_classes)
+    num_classes = head_classes(cfg.model, datamodule.num_classes, training=True)
+    net = build(cfg.model, input_shape=datamodule.input_shape, num_classes=num_classes)
     # Plain values only, under a registry name: loading never instantiates what a file says.
     architecture = {
         "model": {"name": model_name(net), **plain_settings(cfg.model)},
