@@ -23,6 +23,7 @@ from resnet_dyn.training.job import build_job
 DENSE = ["model=dense_resnet", "data=circles"]
 MLP = ["model=mlp", "data=circles"]
 DEEP = ["model=deep_resnet"]
+TV = ["model=torchvision_resnet"]
 CIRCLES = ["model=dense_resnet", "data=circles"]
 CIFAR = ["data=cifar10"]
 MNIST = ["data=mnist"]
@@ -64,6 +65,16 @@ CASES: list[tuple[list[str], str]] = [
     ([*DEEP, "model.final_activation=softmax"], "model.final_activation"),
     ([*DEEP, "model.skip_scale=-1"], "model.skip_scale"),
     ([*DEEP, "model.weight_scale=0"], "model.weight_scale"),
+    ([*TV, "model.arch=resnet19"], "model.arch"),
+    ([*TV, "model.arch=vgg16"], "model.arch"),
+    ([*TV, "model.stem=tiny"], "model.stem"),
+    ([*TV, "model.num_classes=0"], "model.num_classes"),
+    ([*TV, "model.num_classes=ten"], "model.num_classes"),
+    ([*TV, "model.num_classes=1000"], "model.num_classes"),  # training: the data's 10
+    ([*TV, "model.skip_scale=-1"], "model.skip_scale"),
+    ([*TV, "model.weight_scale=0"], "model.weight_scale"),
+    ([*TV, "model.weights=missing.pth"], "model.weights"),
+    ([*TV, "model.weights=''"], "model.weights"),
     # data: the keys every datamodule shares (digits), then each dataset's own
     (["data.batch_size=0"], "data.batch_size"),
     (["data.batch_size=100000"], "data.batch_size"),  # more than the training examples
@@ -256,6 +267,8 @@ ANALYZE_CASES: list[tuple[list[str], str]] = [
     (["checkpoint.path=missing.ckpt"], "checkpoint.path"),
     (["checkpoint.path=''"], "checkpoint.path"),
     (["checkpoint.format=onnx"], "checkpoint.format"),
+    ([*TV, "model.num_classes=5"], "model.num_classes"),  # fewer outputs than the data's labels
+    ([*TV, "checkpoint.path=x.pth", "model.weights=y.pth"], "model.weights"),  # one or the other
     (["device=tpu"], "device"),
     (["device=cuda:99"], "device"),  # no such device (none at all on a CPU machine)
     (["task_name=''"], "task_name"),
@@ -334,7 +347,8 @@ def test_a_bad_value_is_one_line_naming_the_key(overrides, key, tmp_path):
     "overrides, key", ANALYZE_CASES, ids=[" ".join(o) for o, _ in ANALYZE_CASES]
 )
 def test_a_bad_analyze_value_is_one_line_naming_the_key(overrides, key, tmp_path):
-    cfg = compose_config("analyze", [*overrides, "model.depth=8", "logger=none"], tmp_path)
+    small = [] if any(o.startswith("model=") for o in overrides) else ["model.depth=8"]
+    cfg = compose_config("analyze", [*overrides, *small, "logger=none"], tmp_path)
     with pytest.raises(UserError) as info:
         run_analysis_job(cfg)
     message = str(info.value)

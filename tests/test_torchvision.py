@@ -154,9 +154,32 @@ def test_torchvision_state_dicts_load_in_every_layout(tmp_path):
     assert refused(plain, model=settings | {"weight_scale": 2.0}).startswith("model.weight_scale:")
     assert refused(plain, model={"name": "cifar_resnet"}).startswith("model:")
     torch.save([1, 2], tmp_path / "list.pth")
-    assert "holds no 'state_dict'" in refused(tmp_path / "list.pth")
+    assert "is not a torchvision state dict" in refused(tmp_path / "list.pth")
     torch.save({"weights": {"a": 1}}, tmp_path / "odd.pth")
     assert "is not a torchvision state dict" in refused(tmp_path / "odd.pth")
+
+
+def test_model_weights_start_training_from_a_torchvision_file(tmp_path, caplog):
+    """Fine-tuning: ImageNet-shaped weights (1000 classes, 7x7 RGB stem) into a 10-class
+    network with a CIFAR stem on greyscale images: every block's tensors are the file's, fc and
+    conv1 keep their initialisation; beta scales the loaded last BN of each branch."""
+    state = trained_looking("resnet18", 1000, 2)
+    path = tmp_path / "resnet18.pth"
+    torch.save(state, path)
+    with caplog.at_level("INFO", logger="resnet_dyn"):
+        net = TorchvisionResNet("resnet18", (1, 8, 8), 10, stem="cifar", weights=str(path))
+    assert net.kept_at_init == ["conv1.weight", "fc.weight", "fc.bias"]
+    assert "conv1.weight, fc.weight, fc.bias kept at initialisation" in caplog.text
+    own = net.state_dict()
+    for key, value in state.items():
+        if key not in net.kept_at_init:
+            assert torch.equal(own[key], value), key
+    scaled = TorchvisionResNet("resnet18", (3, 32, 32), 1000, weights=str(path), weight_scale=0.5)
+    assert scaled.kept_at_init == []
+    torch.testing.assert_close(scaled.layer2[1].bn2.weight, 0.5 * state["layer2.1.bn2.weight"])
+    torch.testing.assert_close(scaled.layer2[1].bn1.weight, state["layer2.1.bn1.weight"])
+    with pytest.raises(DataError, match=r"^model\.weights: .* does not match .*missing: layer1\.2"):
+        TorchvisionResNet("resnet34", (3, 32, 32), 10, weights=str(path))
 
 
 def digits_folder(root, size: int) -> None:

@@ -75,6 +75,10 @@ def load_network(
     if ck.path is None:
         net = build(cfg.model, input_shape=input_shape, num_classes=num_classes)
         return net.eval(), 0, {"name": model_name(net), **plain_settings(cfg.model)}
+    if cfg.model.get("weights") is not None:
+        raise ConfigError(
+            "model.weights", "null when checkpoint.path gives the weights", cfg.model.weights
+        )
     group = {"name": group_model_name(cfg.model), **plain_settings(cfg.model)}
     net, info = load_model(
         ck.path, ck.format, depth=cfg.model.get("depth"), num_classes=num_classes,

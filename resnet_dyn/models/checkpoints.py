@@ -25,47 +25,18 @@ import torch
 
 from resnet_dyn.errors import ConfigError, DataError, UserError
 from resnet_dyn.models import MODELS, CifarResNet, ResidualNet, TorchvisionResNet
-from resnet_dyn.models.torchvision_resnet import torchvision_state
+from resnet_dyn.models.weights import load_strict, read_weights, torchvision_state
 
 FORMATS = ("lightning", "akamaster", "torchvision")
 
 
 def read_checkpoint(path: Path) -> Any:
     """The contents of a checkpoint file, weights only, or a one-line DataError."""
-    if not path.is_file():
-        raise DataError(f"checkpoint.path: no file {path}")
-    try:
-        return torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as exc:  # truncated, corrupt, or a pickle that needs code
-        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        raise DataError(
-            f"checkpoint.path: {path} is not a readable weights-only checkpoint ({first})"
-        ) from None
+    return read_weights(path, "checkpoint.path")
 
 
 def _load_strict(net: ResidualNet, state: dict[str, torch.Tensor], path: Path) -> None:
-    own = net.state_dict()
-    # Checkpoints saved before PyTorch 0.4.1 have no BN batch counters; they never affect eval.
-    for key in own:
-        if key.endswith("num_batches_tracked") and key not in state:
-            state[key] = own[key]
-    missing = sorted(set(own) - set(state))
-    unexpected = sorted(set(state) - set(own))
-    shapes = sorted(k for k in set(own) & set(state) if own[k].shape != state[k].shape)
-    if missing or unexpected or shapes:
-        parts = []
-        for name, keys in (
-            ("missing", missing),
-            ("unexpected", unexpected),
-            ("wrong shape", shapes),
-        ):
-            if keys:
-                shown = ", ".join(keys[:4]) + (f" (+{len(keys) - 4} more)" if len(keys) > 4 else "")
-                parts.append(f"{name}: {shown}")
-        raise DataError(
-            f"checkpoint.path: {path} does not match the architecture; " + "; ".join(parts)
-        )
-    net.load_state_dict(state, strict=True)
+    load_strict(net, state, "checkpoint.path", path)
 
 
 def akamaster_to_units(state: dict[str, torch.Tensor], depth: int) -> dict[str, torch.Tensor]:
@@ -156,6 +127,7 @@ def _build_architecture(arch: dict, path: Path) -> ResidualNet:
         )
     name = model.pop("name", None)
     model.pop("num_classes", None)  # the head's size is the architecture's num_classes
+    model.pop("weights", None)  # what training started from: the checkpoint's weights replace it
     if name not in MODELS:
         raise refuse(f"its stored model {name!r} is none of {', '.join(MODELS)}")
     shape, classes = arch.get("input_shape"), arch.get("num_classes")
@@ -167,12 +139,6 @@ def _build_architecture(arch: dict, path: Path) -> ResidualNet:
         return MODELS[name](**model, input_shape=tuple(shape), num_classes=classes)
     except (TypeError, UserError) as exc:
         raise refuse(f"its stored {name} arguments are invalid ({exc})") from None
-
-
-def _tensor_dict(value: Any) -> bool:
-    return isinstance(value, dict) and all(
-        isinstance(k, str) and isinstance(v, torch.Tensor) for k, v in value.items()
-    )
 
 
 def load_torchvision(
@@ -187,8 +153,8 @@ def load_torchvision(
     :class:`~resnet_dyn.models.TorchvisionResNet` built from the ``model`` group's ``arch``,
     ``stem`` and ``skip_scale`` (the file holds weights only). ``weight_scale`` must be 1:
     it scales weights at initialisation, and these come from the file."""
-    state = ckpt.get("state_dict") if _tensor_dict(ckpt.get("state_dict")) else ckpt
-    if not _tensor_dict(state):
+    state = torchvision_state(ckpt)
+    if state is None:
         raise DataError(
             f"checkpoint.path: {path} is not a torchvision state dict (a dictionary of "
             "tensors, as torch.save(model.state_dict()) writes, or {'state_dict': ...})"
@@ -210,7 +176,7 @@ def load_torchvision(
         "skip_scale": model.get("skip_scale", 1.0),
     }
     net = TorchvisionResNet(**settings, input_shape=input_shape, num_classes=num_classes)
-    _load_strict(net, torchvision_state(state), path)
+    _load_strict(net, state, path)
     info = {"format": "torchvision", "input_shape": list(input_shape), "num_classes": num_classes}
     info["model"] = {"name": "torchvision_resnet", **settings, "weight_scale": 1.0}
     return net.eval(), info
@@ -241,7 +207,7 @@ def load_model(
     if fmt not in FORMATS:
         raise ConfigError("checkpoint.format", " | ".join(FORMATS), fmt)
     ckpt = read_checkpoint(path)
-    if fmt == "torchvision" and isinstance(ckpt, dict):
+    if fmt == "torchvision":
         return load_torchvision(path, ckpt, model or {}, tuple(input_shape), num_classes)
     if not isinstance(ckpt, dict) or not isinstance(ckpt.get("state_dict"), dict):
         raise DataError(f"checkpoint.path: {path} holds no 'state_dict' dictionary of tensors")

@@ -31,15 +31,19 @@ torchvision's ``block.forward`` computes (tested on the block modules themselves
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Sequence
+from pathlib import Path
 
-import torch
 import torchvision
 from torch import nn
 from torchvision.models.resnet import BasicBlock, Bottleneck
 
-from resnet_dyn.errors import ConfigError, check_positive
+from resnet_dyn.errors import ConfigError, DataError, check_positive
 from resnet_dyn.models.base import ResidualNet, ResidualUnit, check_input_shape, scale_weights
+from resnet_dyn.models.weights import load_strict, read_weights, torchvision_state
+
+log = logging.getLogger("resnet_dyn")
 
 # torchvision's ResNet family: every member is torchvision.models.ResNet with BasicBlock or
 # Bottleneck units (ResNeXt: grouped 3x3 convs; Wide ResNet: wider 3x3 convs).
@@ -87,7 +91,12 @@ class TorchvisionResNet(ResidualNet):
         skip_scale: alpha on the shortcut of every unit.
         weight_scale: beta at initialisation, every branch F -> beta * F exactly (train and eval
             mode): the gamma and shift of its last BN (bn2 or bn3), by
-            :func:`~resnet_dyn.models.base.scale_weights`.
+            :func:`~resnet_dyn.models.base.scale_weights` (after ``weights`` are loaded).
+        weights: a torchvision state dict file to start from (fine-tuning), e.g. torchvision's
+            ImageNet weights: every tensor is loaded, except ``fc`` where ``num_classes``
+            differs and ``conv1`` where the stem or the channels differ, which keep their
+            initialisation (:attr:`kept_at_init` names them). Anything else that does not
+            match is a one-line error naming the keys.
     """
 
     def __init__(
@@ -98,6 +107,7 @@ class TorchvisionResNet(ResidualNet):
         stem: str = "imagenet",
         skip_scale: float = 1.0,
         weight_scale: float = 1.0,
+        weights: str | None = None,
     ) -> None:
         super().__init__()
         if arch not in ARCHS:
@@ -138,7 +148,33 @@ class TorchvisionResNet(ResidualNet):
         self._set_view("stem", nn.Sequential(tv.conv1, tv.bn1, nn.ReLU(), tv.maxpool))
         self._set_view("units", nn.ModuleList(units))
         self._set_view("head", nn.Sequential(tv.avgpool, nn.Flatten(), tv.fc))
+        self.kept_at_init: list[str] = []
+        if weights is not None:
+            self._start_from(weights)
         scale_weights(self, weight_scale)  # the post-hoc path, so both mean the same
+
+    def _start_from(self, weights: str) -> None:
+        if not isinstance(weights, str) or not weights:
+            raise ConfigError(
+                "model.weights", "null or the path of a torchvision state dict", weights
+            )
+        path = Path(weights)
+        state = torchvision_state(read_weights(path, "model.weights"))
+        if state is None:
+            raise DataError(
+                f"model.weights: {path} is not a torchvision state dict (a dictionary of tensors, "
+                "as torch.save(model.state_dict()) writes)"
+            )
+        own = self.state_dict()
+        # The parts another task or image size changes by design keep their initialisation.
+        self.kept_at_init = [
+            k for k in ("conv1.weight", "fc.weight", "fc.bias")
+            if k in state and k in own and state[k].shape != own[k].shape
+        ]  # fmt: skip
+        kept = {k: own[k] for k in self.kept_at_init}
+        load_strict(self, state | kept, "model.weights", path)
+        if self.kept_at_init:
+            log.info("model.weights: %s kept at initialisation", ", ".join(self.kept_at_init))
 
     def _set_view(self, name: str, module: nn.Module) -> None:
         object.__setattr__(self, name, module)
@@ -152,11 +188,3 @@ class TorchvisionResNet(ResidualNet):
 
     def extra_repr(self) -> str:
         return f"arch={self.arch}, stem={self.stem_kind}"
-
-
-def torchvision_state(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-    """A torchvision state dict as saved by ``torch.save(model.state_dict())``, also from
-    ``nn.DataParallel`` / DDP (every key prefixed ``module.``): the prefix removed."""
-    if state and all(k.startswith("module.") for k in state):
-        return {k.removeprefix("module."): v for k, v in state.items()}
-    return dict(state)
