@@ -644,6 +644,47 @@ def bench_sweep_overhead(b: Bench, jobs: int = 20, target: float = 3.0) -> None:
     b.check("sweep_overhead", f"ratio {ratio:.3g} >= {target:g}", ratio >= target)
 
 
+# ------------------------------------------------------------------------- imagenet scale
+
+
+def bench_torchvision_resnet18_224(
+    b: Bench, budget_s: float = 600.0, budget_gib: float = 8.0
+) -> None:
+    """torchvision's ResNet-18 at 224x224, all 8 units, sum and unit maps, one image
+    (bench/imagenet_scale.py, in its own process for its own peak memory). No baseline can
+    run at this size (a dense J of 200,704 dimensions is 300 GiB): the targets are the
+    wall time, the peak resident memory, and a method and fractions kind on every map."""
+    import json
+    from collections import Counter
+
+    script = ROOT / "bench" / "imagenet_scale.py"
+    proc = subprocess.run(
+        [sys.executable, str(script)], capture_output=True, text=True, cwd=ROOT, check=False
+    )
+    for line in proc.stdout.splitlines():
+        if not line.startswith("JSON "):
+            print(line, flush=True)
+    if proc.returncode != 0:
+        raise RuntimeError(proc.stderr.strip().splitlines()[-1] if proc.stderr else "failed")
+    out = json.loads(next(ln for ln in proc.stdout.splitlines() if ln.startswith("JSON "))[5:])
+    maps = out["maps"]
+    methods = Counter(m["method"] for m in maps)
+    fractions = Counter(m["fractions"] for m in maps)
+    result(
+        "torchvision_resnet18_224", out["wall_s"], float("nan"), peak_gib=out["peak_gib"],
+        maps=len(maps), methods="|".join(f"{k}x{v}" for k, v in sorted(methods.items())),
+        fractions="|".join(f"{k}x{v}" for k, v in sorted(fractions.items())),
+        solver="|".join(f"{k}={v}" for k, v in out["solver"].items()), baseline="none_can_run",
+    )  # fmt: skip
+    named = all(m["fractions"] in ("exact", "estimated") and m["method"] for m in maps)
+    b.check("torchvision_resnet18_224", "16 maps, each with a method and fractions",
+            len(maps) == 16 and named)  # fmt: skip
+    wall, peak = out["wall_s"], out["peak_gib"]
+    b.check("torchvision_resnet18_224", f"{wall:.0f} s <= {budget_s:g} s", wall <= budget_s)
+    b.check("torchvision_resnet18_224", f"peak {peak:.2f} GiB <= {budget_gib:g} GiB",
+            peak <= budget_gib)  # fmt: skip
+
+
 # ----------------------------------------------------------------------------------- main
 
 BENCHMARKS: dict[str, Callable[[Bench], None]] = {
@@ -655,6 +696,7 @@ BENCHMARKS: dict[str, Callable[[Bench], None]] = {
     "exact_counts": bench_exact_counts,
     "resnet56_all_units": bench_resnet56_all_units,
     "sweep_overhead": bench_sweep_overhead,
+    "torchvision_resnet18_224": bench_torchvision_resnet18_224,
 }
 # Run only when named: they take several minutes each.
 OPTIONAL: dict[str, Callable[[Bench], None]] = {
