@@ -658,15 +658,17 @@ def bench_torchvision_resnet18_224(
     from collections import Counter
 
     script = ROOT / "bench" / "imagenet_scale.py"
-    proc = subprocess.run(
-        [sys.executable, str(script)], capture_output=True, text=True, cwd=ROOT, check=False
-    )
-    for line in proc.stdout.splitlines():
-        if not line.startswith("JSON "):
-            print(line, flush=True)
-    if proc.returncode != 0:
-        raise RuntimeError(proc.stderr.strip().splitlines()[-1] if proc.stderr else "failed")
-    out = json.loads(next(ln for ln in proc.stdout.splitlines() if ln.startswith("JSON "))[5:])
+    out = None
+    with subprocess.Popen(
+        [sys.executable, str(script)], stdout=subprocess.PIPE, text=True, cwd=ROOT
+    ) as proc:
+        for line in proc.stdout:  # one line per map as it finishes
+            if line.startswith("JSON "):
+                out = json.loads(line[5:])
+            else:
+                print(line, end="", flush=True)
+    if proc.returncode != 0 or out is None:
+        raise RuntimeError(f"bench/imagenet_scale.py exited with {proc.returncode}")
     maps = out["maps"]
     methods = Counter(m["method"] for m in maps)
     fractions = Counter(m["fractions"] for m in maps)

@@ -12,6 +12,7 @@ import pytest
 import torch
 import torchvision
 from conftest import run_cli
+from wandb_records import OfflineRun
 from PIL import Image
 from sklearn.datasets import load_digits
 from test_analyze import TOL, assert_fractions_match
@@ -304,11 +305,11 @@ def test_analyze_a_torchvision_state_dict_matches_dense_spectra_of_its_blocks(ar
 def test_a_torchvision_resnet_trains_through_resnet_dyn(tmp_path):
     """The issue's command, `resnet-dyn model=torchvision_resnet model.arch=resnet18
     trainer.max_epochs=1`, on the default data (digits, 1x8x8) with its default callbacks
-    (the spectra of every unit at the end), a few batches."""
+    (the spectra of every unit at the end) and W&B offline, a few batches."""
     result = run_cli(
         ["model=torchvision_resnet", "model.arch=resnet18", "trainer.max_epochs=1",
          "trainer.limit_train_batches=3", "trainer.limit_val_batches=1",
-         "trainer.limit_test_batches=1", "logger=none", f"hydra.run.dir={tmp_path / 'job'}"],
+         "trainer.limit_test_batches=1", f"hydra.run.dir={tmp_path / 'job'}"],
         cwd=tmp_path,
     )  # fmt: skip
     assert result.returncode == 0, result.stderr[-3000:]
@@ -316,6 +317,11 @@ def test_a_torchvision_resnet_trains_through_resnet_dyn(tmp_path):
     assert summary["status"] == "completed"
     units = summary["analysis"]["units"]
     assert len(units) == 8 and [u["stage"] for u in units] == [0, 0, 1, 1, 2, 2, 3, 3]
+    # The records W&B wrote: the per-unit scalars and the spectrum table, every unit and map.
+    run = OfflineRun.read(next((tmp_path / "job" / "wandb").glob("offline-run-*")))
+    (row,) = [r for r in run.history if "spectrum/unit_07/sum/frac_one" in r]
+    assert row["spectrum/unit_07/sum/frac_one"] == units[7]["sum"]["frac_one"]
+    assert run.config["model"]["arch"] == "resnet18"
     net, info = load_model(tmp_path / "job" / "checkpoints" / "last.ckpt")
     assert isinstance(net, TorchvisionResNet) and info["model"]["arch"] == "resnet18"
     # The checkpoint's weights are torchvision's state dict under Lightning's "net." prefix.
