@@ -233,6 +233,7 @@ def test_analyze_a_torchvision_state_dict_matches_dense_spectra_of_its_blocks(ar
             f"analysis.solver.dense_max={dense_max}",
             "analysis.dtype=float64",
             "analysis.identity.images=4",
+            "analysis.perturbation.project=true",
             "logger=none",
             f"hydra.run.dir={job}",
         ],
@@ -300,6 +301,10 @@ def test_analyze_a_torchvision_state_dict_matches_dense_spectra_of_its_blocks(ar
     pert = summary["analysis"]["perturbation"]
     assert len(pert["adversarial_rel"]) == len(pert["random_rel"]) == n_units + 1
     assert len(summary["analysis"]["identity"]["scaled"]) == n_units
+    projection = pert["projection"]
+    assert projection["units"] == json.loads(units) and not projection["skipped"]
+    for shares in (projection["adversarial"], projection["random"]):  # per unit, they add up
+        np.testing.assert_allclose(np.sum(list(shares.values()), axis=0), 1.0, atol=1e-6)
 
 
 def test_a_torchvision_resnet_trains_through_resnet_dyn(tmp_path):
