@@ -12,7 +12,6 @@ import pytest
 import torch
 import torchvision
 from conftest import run_cli
-from wandb_records import OfflineRun
 from PIL import Image
 from sklearn.datasets import load_digits
 from test_analyze import TOL, assert_fractions_match
@@ -20,6 +19,7 @@ from test_models import _randomise_affine
 from torch import nn
 from torch.func import jacfwd
 from torchvision.models.resnet import Bottleneck
+from wandb_records import OfflineRun
 
 from resnet_dyn.errors import ConfigError, DataError
 from resnet_dyn.models import TorchvisionResNet
