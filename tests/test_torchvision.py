@@ -206,6 +206,7 @@ ANALYSED = {
 }
 
 
+@pytest.mark.slow  # resnet-dyn-analyze processes, then dense oracles (not in test-fast)
 @pytest.mark.parametrize("arch", ANALYSED)
 def test_analyze_a_torchvision_state_dict_matches_dense_spectra_of_its_blocks(arch, tmp_path):
     size, units, dense_max, maps = ANALYSED[arch]
@@ -307,6 +308,7 @@ def test_analyze_a_torchvision_state_dict_matches_dense_spectra_of_its_blocks(ar
         np.testing.assert_allclose(np.sum(list(shares.values()), axis=0), 1.0, atol=1e-6)
 
 
+@pytest.mark.slow  # a resnet-dyn process with W&B (not in test-fast)
 def test_a_torchvision_resnet_trains_through_resnet_dyn(tmp_path):
     """The issue's command, `resnet-dyn model=torchvision_resnet model.arch=resnet18
     trainer.max_epochs=1`, on the default data (digits, 1x8x8) with its default callbacks
