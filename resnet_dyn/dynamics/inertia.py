@@ -23,14 +23,44 @@ law of inertia), and over a block elimination it adds up front by front (Haynswo
 J of a conv map couples output pixels whose receptive windows overlap, so G is local on
 the output grid too (:func:`gram_kernels`: one kernel per output pixel, as for J
 itself) and the count uses the nested dissection of :mod:`resnet_dyn.dynamics.gridlu`:
-each front's pivot block is factored by Bunch-Kaufman (``ldl_factor``, symmetric
-indefinite pivoting inside the front) for its inertia, and its Schur complement is passed
-to its parent. A 2x2 Bunch-Kaufman pivot always has one negative and one positive
-eigenvalue, so the negatives are the negative 1x1 pivots plus one per 2x2 pivot.
+each front's pivot block is diagonalized, ``F_ss = V Lambda V^T`` (``eigh``): its
+negative eigenvalues are the front's share of the count, and the Schur complement
+``F_bb - W^T Lambda^-1 W`` (``W = V^T F_sb``) is passed to its parent.
 
-Squaring J costs nothing that matters here: in float64 the rounding of G is ~1e-16
-relative to sigma_max^2, far below the thresholds ``tol^2 = 1e-6`` and ``(1 +- tol)^2``,
-so a count can only differ from the exact one for a sigma within ~1e-12 of a threshold.
+**Certificates.** The order of a dissection is static: a pivot block cannot be
+postponed, and a nearly singular one amplifies the rounding of everything after it.
+That is how an uncertified elimination of ``J J^T - c^2 I`` lost 20 of 16,384 counts
+with nothing to show for it. So no count is taken on trust:
+
+1. *Backward error* (:func:`negative_eigenvalues`). The elimination's negatives are
+   exactly those of some ``A + E``. Writing each front's computed quantities as the exact
+   ones of a nearby front (``eigh`` is exact for ``F_ss + E1``, ``||E1|| <= k eps
+   ||F_ss||``; V is within ``k eps`` of an orthogonal Q, so ``W = Q^T (F_sb + E2)``,
+   ``||E2|| <= (k + k^1.5) eps ||F_sb||_F``; the update's products add ``E3``,
+   ``||E3|| <= (k + 2) eps ||W||_F ||Lambda^-1 W||_F + eps ||F_bb||_F``; assembling the
+   front adds ``(t + 2 + children) eps`` times its norm; G's entries, Gram sums of K
+   products, are within ``K eps sqrt(G_pp G_qq)``), every front of the computed
+   elimination is the exact front of A plus these, and they add up to E. So ``||E||_2
+   <= sum over fronts of (E1 + E2 + E3 + assembly + entries)`` (``Inertia.error``; the
+   eigensolver constant, EIG_BACKWARD = 1, is 10x what this solver showed). Growth from an
+   ill-conditioned pivot block shows up as a large ``||Lambda^-1 W||``, i.e. a large bound.
+   The eigenvalues are checked against the pivot block's trace (they must add up to it
+   within ``k ||E1||``); a block that fails makes the bound infinite: a wrong pivot from
+   a solver failure or a bug is caught, not counted.
+2. *Bracketing* (:func:`certified_counts`). By Weyl's inequality (eigenvalues move by
+   at most ``||E||``), the negatives of ``A + a I + E`` with ``||E|| <= a`` are at most
+   those of A, and the negatives of ``A - a I + E'`` with ``||E'|| <= a`` at least as
+   many. So the counts of A shifted by ``+a`` and ``-a`` bound the true count, and where
+   they agree they are it: a certified count. On the gram route A is ``G - c^2 I`` (a on
+   sigma^2); on the reduced route the pencil ``|delta| X``, whose inertia gives the count.
+   Where the two counts differ, an eigenvalue lies within ``a + error`` of the shift: the
+   count is only known to lie between them.
+3. *Recounts.* What is not certified is counted again on the gram route, with larger
+   fronts, and by a dense ``eigvalsh`` of G where it fits (``DENSE_RECOUNT_MAX``; its
+   eigenvalues within ``n eps ||G||`` of G's). What remains is an interval (:class:`Counts`;
+   ``fractions: "uncertain"`` in :func:`~resnet_dyn.dynamics.unit_spectra.map_spectrum`),
+   never a number. A certified count costs two eliminations instead of one.
+
 Exactly zero rows of J (a unit map's outputs behind an off ReLU) are zero rows of G:
 exact zeros, counted without entering the elimination.
 
@@ -40,7 +70,7 @@ against jacfwd of the unfolded float64 map). The gram route colors J in the map'
 dtype (float32 for a trained net, 4x cheaper): a count can then differ from the float64
 map's only for a sigma within about 1e-7 relative of a threshold (float32 rounding of J's
 entries and of the folded BatchNorm); pass a float64 map (``analysis.dtype=float64``) to
-exclude that.
+exclude that. The certificates are for the J that was colored: its G, or its pencil.
 """
 
 from __future__ import annotations
@@ -261,14 +291,19 @@ def negative_eigenvalues(
         if not k:
             stack.append((b, F_bb.contiguous()))
             continue
-        with _one_thread():
-            lam, V = torch.linalg.eigh(F_ss)
+        lam, V = _pivot_eigh(F_ss)
         negatives += (lam < 0).sum(1)
         g = _gamma(k)
         # (3) eigh: exact for F_ss + E; V within EIG_BACKWARD * g of an orthogonal Q.
-        error += EIG_BACKWARD * g * lam.abs().amax(1)
-        singular = (lam == 0).any(1) | ~torch.isfinite(lam).all(1)
-        error = torch.where(singular, math.inf, error)
+        e1 = EIG_BACKWARD * g * lam.abs().amax(1)
+        error += e1
+        # The eigenvalues must add up to the trace, within k ||E||: a wrong one (a solver
+        # failure or a bug) is caught here, not trusted.
+        trace = F_ss.diagonal(dim1=1, dim2=2)
+        off = (lam.sum(1) - trace.sum(1)).abs()
+        wrong = off > k * e1 + g * (lam.abs().sum(1) + trace.abs().sum(1))
+        bad = wrong | (lam == 0).any(1) | ~torch.isfinite(lam).all(1)
+        error = torch.where(bad, math.inf, error)
         if not m:
             continue
         Wt = F_bs @ V  # W^T = F_bs V, (ns, m, k)
@@ -283,7 +318,9 @@ def negative_eigenvalues(
     return [
         Inertia(nv, er)
         for nv, er in zip(
-            negatives.tolist(), torch.nan_to_num(error, nan=math.inf).tolist(), strict=True
+            negatives.tolist(),
+            torch.nan_to_num(error, nan=math.inf, posinf=math.inf).tolist(),
+            strict=True,
         )
     ]
 
@@ -291,6 +328,12 @@ def negative_eigenvalues(
 def _fro(A: torch.Tensor) -> torch.Tensor:
     """Frobenius norm of each matrix of a batch (ns, p, q)."""
     return torch.linalg.vector_norm(A, dim=(1, 2))
+
+
+def _pivot_eigh(F: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Eigenvalues (ascending) and eigenvectors of a batch of pivot blocks."""
+    with _one_thread():
+        return torch.linalg.eigh(F)
 
 
 @contextmanager
@@ -518,7 +561,7 @@ def certified_counts(
     *,
     lj: LocalJacobian | None = None,
     route: str = "auto",
-    dense_max: int = DENSE_RECOUNT_MAX,
+    dense_max: int | None = None,
 ) -> Counts:
     """``#{sigma < c}`` over the ``min(dim_in, dim_out)`` singular values of J(f) for each
     threshold c > 0: certified counts, or intervals where no count could be certified.
@@ -533,7 +576,8 @@ def certified_counts(
     thresholds not certified, and those the reduction cannot take (c = |alpha|), are
     counted again, in turn: on the gram route (unless ``route="reduced"``), on the gram
     route with larger fronts (``RECOUNT_LEAF``), and by ``eigvalsh`` of the dense Gram
-    matrix of J's nonzero rows where they are at most ``dense_max``. The route reads e.g.
+    matrix of J's nonzero rows where they are at most ``dense_max`` (default
+    ``DENSE_RECOUNT_MAX``). The route reads e.g.
     ``"reduced"``, ``"reduced+gram"``, ``"gram+gram(leaf 2048)+dense"`` or
     ``"gram (reduced: <why>)"``, with ``" (uncertain)"`` where an interval remains.
 
@@ -619,6 +663,7 @@ def certified_counts(
             steps.append("gram" if leaf == 512 else f"gram(leaf {leaf})")
             if not rest:
                 break
+        dense_max = DENSE_RECOUNT_MAX if dense_max is None else dense_max
         if rest and int((_diagonal(gram) != 0).sum()) <= dense_max:
             dense = _dense_counts(gram, [thresholds[i] ** 2 for i in rest], rtol)
             rest = take({i: None if n is None else (n - extra, n - extra)
@@ -703,6 +748,18 @@ def fractions_from_counts(zero: int, below_one: int, up_to_one: int, r: int) -> 
         "frac_gt_one": (r - up_to_one) / r,
         "frac_zero": zero / r,
     }
+
+
+def fraction_bounds(counts: Counts, r: int) -> dict[str, float]:
+    """``frac_one``, ``frac_gt_one``, ``frac_zero`` of r singular values from the counts
+    below ``tol``, ``1 - tol`` and ``1 + tol`` (:func:`certified_counts`), with
+    ``<frac>_lo`` and ``<frac>_hi``, the interval the counts allow (equal to the fraction
+    where every count is certified; the fraction is its midpoint otherwise)."""
+    (z0, z1), (b0, b1), (u0, u1) = zip(counts.lo, counts.hi, strict=True)
+    lo = fractions_from_counts(z0, b1, max(u0, b1), r) | {"frac_gt_one": (r - u1) / r}
+    hi = fractions_from_counts(z1, b0, u1, r) | {"frac_gt_one": (r - u0) / r}
+    out = {k: (lo[k] + hi[k]) / 2 for k in lo}
+    return out | {f"{k}_lo": v for k, v in lo.items()} | {f"{k}_hi": v for k, v in hi.items()}
 
 
 def exact_fractions(f: UnitMap, tol: float = 1e-3, **kwargs: object) -> dict[str, float]:
