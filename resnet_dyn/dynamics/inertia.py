@@ -156,7 +156,8 @@ def gram_singular_values(lj: LocalJacobian) -> torch.Tensor:
     G = gram_kernels(lj).dense()
     keep = G.diagonal() > 0
     m, n = lj.out_shape.numel(), lj.in_shape.numel()
-    lam = torch.linalg.eigvalsh(G[keep][:, keep]).flip(0)[: min(m, n)]
+    with _one_thread():
+        lam = torch.linalg.eigvalsh(G[keep][:, keep]).flip(0)[: min(m, n)]
     sigma = lam.clamp_min(0).sqrt()
     return torch.cat([sigma, sigma.new_zeros(min(m, n) - sigma.numel())])
 
