@@ -602,6 +602,46 @@ def bench_resnet56_all_units(
     b.check("resnet56_all_units", f"{ours:.1f} s <= {budget:g} s", ours <= budget)
 
 
+def bench_gram_route_units_2_4(b: Bench, units: tuple[int, ...] = (2, 4)) -> None:
+    """The sum maps of units 2 and 4 (16x32x32, n = 16,384) of the ``resnet56_all_units``
+    network forced onto the gram route, where uncertified counts lost up to 20 of 16,384,
+    and on the default route, against a dense float64 oracle (``eigvalsh`` of J J^T, J from
+    ``jacfwd`` of the float64 map; minutes each: run by name). Target: every count equal to
+    the oracle's, or flagged uncertain with an interval that holds it."""
+    from resnet_dyn.dynamics import unit_map, unit_states
+    from resnet_dyn.dynamics.inertia import _one_thread, certified_counts
+
+    net = analysis_net(depth=56)
+    image = torch.randn(1, 3, 32, 32, generator=torch.Generator().manual_seed(1))
+    states = unit_states(net, image)
+    thresholds = [1e-3, 1 - 1e-3, 1 + 1e-3]
+    for k in units:
+        f = unit_map(net, k, states[k][0], "sum")
+        g = f.to(torch.float64)
+        t0 = time.perf_counter()
+        with torch.no_grad():
+            J = torch.func.jacfwd(g, chunk_size=512)(g.x).reshape(g.dim_out, g.dim_in)
+        G = J @ J.T
+        del J
+        with _one_thread():
+            lam = torch.linalg.eigvalsh(G)
+        del G
+        base = time.perf_counter() - t0
+        truth = [int((lam < c * c).sum()) for c in thresholds]
+        gap = [f"{float((lam - c * c).abs().min()):.1e}" for c in thresholds]
+        for route in ("gram", "auto"):
+            ours, res = timed(
+                lambda f=f, route=route: certified_counts(f, thresholds, route=route), 1
+            )
+            held = all(lo <= t <= hi for lo, t, hi in zip(res.lo, truth, res.hi, strict=True))
+            result(f"gram_route_unit{k}_{route}", ours, base, lo=res.lo, hi=res.hi,
+                   oracle=truth, nearest_sigma2_minus_c2=gap, route=res.route.replace(" ", "_"),
+                   baseline="dense_float64_eigvalsh_of_J_J^T")  # fmt: skip
+            b.check(f"gram_route_unit{k}_{route}",
+                    "counts equal to the oracle's or flagged with an interval holding them",
+                    held)  # fmt: skip
+
+
 def bench_slq_coverage_make_run(b: Bench, images: int = 4) -> None:
     """SLQ's error bars on the model ``make run`` trains (``resnet-dyn`` with its defaults,
     run here as a subprocess into a temporary folder): every unit, sum and unit maps, at
@@ -713,6 +753,7 @@ BENCHMARKS: dict[str, Callable[[Bench], None]] = {
 # Run only when named: they take several minutes each.
 OPTIONAL: dict[str, Callable[[Bench], None]] = {
     "exact_counts_resnet56": bench_exact_counts_resnet56,
+    "gram_route_units_2_4": bench_gram_route_units_2_4,
     "slq_coverage_make_run": bench_slq_coverage_make_run,
 }
 ALIASES = {"spectrum_top": "spectrum", "spectrum_bottom": "spectrum"}

@@ -318,6 +318,25 @@ def test_a_count_that_breaks_what_must_hold_is_recounted_by_the_gram_route(
     assert counts == [int((sigma < c).sum()) for c in [TOL, 0.5, 1 - TOL, 1 + TOL]]
 
 
+def test_each_count_is_exact_within_its_error_bound(trained) -> None:
+    """What the certificates rest on: a count of G - s I is exact for a matrix within its
+    error bound of G, so it lies between the true counts at s -+ error, at shifts right
+    next to eigenvalues of G (sigma^2 -+ 1e-12) on every map of the trained net; the bound
+    is at the scale of rounding there."""
+    from resnet_dyn.dynamics.inertia import gram_kernels
+
+    net, image = trained
+    for f in maps_of(net, image):
+        lj = local_jacobian(f)
+        sigma = all_singular_values(lj.dense().double())
+        lam = torch.cat([sigma**2, sigma.new_zeros(max(0, f.dim_out - f.dim_in))])
+        near = sigma[(sigma - 1).abs().argsort()[:2]] ** 2
+        shifts = [float(x) for s in near for x in (s - 1e-12, s + 1e-12)]
+        for n, s in zip(count_below(gram_kernels(lj), shifts), shifts, strict=True):
+            lo, hi = int((lam < s - n.error).sum()), int((lam < s + n.error).sum())
+            assert lo <= n.negatives <= hi and n.error < 1e-6, (f.index, f.kind, s, n)
+
+
 def _flip_one_eigenvalue(monkeypatch, every: int) -> None:  # noqa: ANN001
     """Make the counts' pivot eigensolver flip the sign of the largest eigenvalue of every
     ``every``-th block it returns, as a wrong pivot from a solver failure or a bug would."""
