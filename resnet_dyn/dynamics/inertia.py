@@ -484,8 +484,8 @@ ROUTES = ("auto", "reduced", "gram")
 # sigma^2 within a of c^2 leaves the count uncertain.
 BRACKET_RTOL = 1e-8
 BRACKET_MAX = 1e-5
-BRACKET_SHARE = 1e-3
-BRACKET_SHARE_MAX = 1e-2
+BRACKET_SHARE = 0.1
+BRACKET_SHARE_MAX = 0.5
 # A second gram-route count of what the first could not certify uses fronts this large:
 # fewer levels of the dissection, so less rounding carried through ill-conditioned pivots.
 RECOUNT_LEAF = 2048
