@@ -510,7 +510,10 @@ def bench_resnet56_all_units(
     def clocked(f: object, **kw: object) -> object:
         t0 = time.perf_counter()
         out = real(f, **kw)  # type: ignore[arg-type]
-        per_map[(f.index, f.kind)] = time.perf_counter() - t0  # type: ignore[attr-defined]
+        dt = per_map[(f.index, f.kind)] = time.perf_counter() - t0  # type: ignore[attr-defined]
+        st = out.stats  # type: ignore[attr-defined]
+        print(f"# unit {f.index} {f.kind}: {dt:.1f} s, {st['method']}, {st['fractions']}, "  # type: ignore[attr-defined]
+              f"{st.get('count_route', '')}", flush=True)  # fmt: skip
         return out
 
     stamps: list[float] = []
