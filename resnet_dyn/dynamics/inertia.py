@@ -488,6 +488,7 @@ BRACKET_RTOL = 1e-8
 BRACKET_MAX = 1e-5
 BRACKET_SHARE = 0.1
 BRACKET_SHARE_MAX = 0.5
+BRACKET_ROUNDS = 3  # counts of a threshold's bracket at most (each two eliminations)
 # A second gram-route count of what the first could not certify uses fronts this large:
 # fewer levels of the dissection, so less rounding carried through ill-conditioned pivots.
 RECOUNT_LEAF = 2048
@@ -530,11 +531,11 @@ def _bracketed(
     (None where no a tried allows that); ``lo == hi`` is a certified count (module
     docstring). a starts at ``widths``; where an error exceeded it (up to ``most``), or
     where the two counts differ and the errors allow a bracket under half as wide, it is
-    tried once more at twice the larger error."""
+    tried again at twice the larger error, up to ``BRACKET_ROUNDS`` brackets in all."""
     out: list[tuple[int, int] | None] = [None] * len(thresholds)
     a = list(widths)
     todo = list(range(len(thresholds)))
-    for _ in range(2):
+    for _ in range(BRACKET_ROUNDS):
         found = count(
             [thresholds[i] for i in todo for _ in (0, 1)],
             [x for i in todo for x in (-a[i], a[i])],
