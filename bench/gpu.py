@@ -166,14 +166,14 @@ def bench_svd(device: torch.device, smoke: bool) -> None:
 
 def bench_counts(device: torch.device, smoke: bool) -> None:
     from resnet_dyn.dynamics import unit_map, unit_states
-    from resnet_dyn.dynamics.inertia import counted
+    from resnet_dyn.dynamics.inertia import certified_counts
 
     size = 12 if smoke else 32
     net = analysis_net(depth=8 if smoke else 56)
     image = torch.randn(1, 3, size, size, generator=torch.Generator().manual_seed(1))
     thresholds = [1e-3, 1 - 1e-3, 1 + 1e-3]
     times: dict[str, float] = {}
-    counts: dict[str, list[int]] = {}
+    counts: dict[str, tuple[list[int], list[int]]] = {}  # certified bounds: lo == hi
     for name, dev, route in (
         ("device_reduced", device, "reduced"),
         ("device_gram", device, "gram"),
@@ -182,13 +182,14 @@ def bench_counts(device: torch.device, smoke: bool) -> None:
         moved = net.to(dev)
         x = unit_states(moved, image.to(dev))[0][0]
         f = unit_map(moved, 0, x, "sum")
-        counted(unit_map(moved, 0, x, "sum"), thresholds[:1], route=route)  # warm-up
+        certified_counts(unit_map(moved, 0, x, "sum"), thresholds[:1], route=route)  # warm-up
         sync(dev)
         t0 = time.perf_counter()
-        counts[name], _ = counted(f, thresholds, route=route)
+        res = certified_counts(f, thresholds, route=route)
+        counts[name] = (res.lo, res.hi)
         sync(dev)
         times[name] = time.perf_counter() - t0
-    agree = len({tuple(c) for c in counts.values()}) == 1
+    agree = len({tuple(c[0] + c[1]) for c in counts.values()}) == 1
     result("counts", counts=counts["device_reduced"], all_equal=agree,
            **{f"{k}_s": v for k, v in times.items()},
            ratio_gram_over_reduced=times["device_gram"] / times["device_reduced"],

@@ -5,6 +5,7 @@ which is what broke the quadrature."""
 from __future__ import annotations
 
 import copy
+from dataclasses import replace
 
 import numpy as np
 import pytest
@@ -15,6 +16,7 @@ from torch import nn
 
 from resnet_dyn.dynamics import map_spectrum, stage_map, unit_map, unit_states
 from resnet_dyn.dynamics.inertia import (
+    certified_counts,
     count_below,
     countable,
     counted,
@@ -84,6 +86,9 @@ def test_counts_equal_dense_svd_counts_on_every_map_of_a_trained_net(trained) ->
         assert sigma.numel() == min(f.dim_in, f.dim_out)
         expected = [int((sigma < c).sum()) for c in thresholds]
         assert singular_value_counts(f, thresholds, lj=lj) == expected, (f.index, f.kind)
+        # Certified by the eliminations themselves, with no dense recount to fall back on.
+        res = certified_counts(f, thresholds, lj=lj, dense_max=0)
+        assert res.exact and res.lo == expected and "dense" not in res.route, res
         near_one += int(((sigma - 1).abs() < 0.05).sum())
         exact = spectrum_stats(sigma, TOL)
         for key, value in exact_fractions(f, TOL).items():
@@ -134,7 +139,12 @@ def test_count_below_matches_eigvalsh_on_an_indefinite_local_matrix() -> None:
     eig = torch.linalg.eigvalsh(A)
     shifts = [-2.0, -0.3, 0.1, 0.7, 3.0]
     expected = [int((eig < s).sum()) for s in shifts]
-    assert count_below(sym, shifts, leaf=16) == expected
+    found = count_below(sym, shifts, leaf=16)
+    assert [n.negatives for n in found] == expected
+    # Each count is exact for a matrix within its error of A: none of A's eigenvalues is
+    # that close to a shift here, and the bound is at the scale of rounding.
+    gaps = [float((eig - s).abs().min()) for s in shifts]
+    assert all(n.error < min(1e-9, g) for n, g in zip(found, gaps, strict=True)), found
 
 
 def test_stage_maps_are_refused_when_counting_would_be_dense() -> None:
@@ -296,10 +306,87 @@ def test_a_count_that_breaks_what_must_hold_is_recounted_by_the_gram_route(
 
     def planted(terms, coeffs, keep, **kw):  # noqa: ANN001, ANN003
         out = real(terms, coeffs, keep, **kw)
-        return [*out[:-1], out[-1] - 100] if len(terms) == 2 else out
+        if len(terms) != 2:
+            return out
+        # Both counts of the last threshold's bracket, so that the bracket still agrees.
+        return [*out[:-2], *(replace(n, negatives=n.negatives - 100) for n in out[-2:])]
 
     monkeypatch.setattr(inertia, "negative_eigenvalues", planted)
     counts, route = counted(f, [TOL, 0.5, 1 - TOL, 1 + TOL])
     assert route.startswith("gram (reduced: counts decrease"), route
     sigma = all_singular_values(local_jacobian(f).dense().double())
     assert counts == [int((sigma < c).sum()) for c in [TOL, 0.5, 1 - TOL, 1 + TOL]]
+
+
+def test_each_count_is_exact_within_its_error_bound(trained) -> None:
+    """What the certificates rest on: a count of G - s I is exact for a matrix within its
+    error bound of G, so it lies between the true counts at s -+ error, at shifts right
+    next to eigenvalues of G (sigma^2 -+ 1e-12) on every map of the trained net; the bound
+    is at the scale of rounding there."""
+    from resnet_dyn.dynamics.inertia import gram_kernels
+
+    net, image = trained
+    for f in maps_of(net, image):
+        lj = local_jacobian(f)
+        sigma = all_singular_values(lj.dense().double())
+        lam = torch.cat([sigma**2, sigma.new_zeros(max(0, f.dim_out - f.dim_in))])
+        near = sigma[(sigma - 1).abs().argsort()[:2]] ** 2
+        shifts = [float(x) for s in near for x in (s - 1e-12, s + 1e-12)]
+        for n, s in zip(count_below(gram_kernels(lj), shifts), shifts, strict=True):
+            lo, hi = int((lam < s - n.error).sum()), int((lam < s + n.error).sum())
+            assert lo <= n.negatives <= hi and n.error < 1e-6, (f.index, f.kind, s, n)
+
+
+def _flip_one_eigenvalue(monkeypatch, every: int) -> None:  # noqa: ANN001
+    """Make the counts' pivot eigensolver flip the sign of the largest eigenvalue of every
+    ``every``-th block it returns, as a wrong pivot from a solver failure or a bug would."""
+    from resnet_dyn.dynamics import inertia
+
+    real, calls = inertia._pivot_eigh, [0]
+
+    def eigh(F: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        lam, V = real(F)
+        calls[0] += 1
+        if calls[0] % every == 0:
+            lam = lam.clone()
+            lam[..., -1] = -lam[..., -1]
+        return lam, V
+
+    monkeypatch.setattr(inertia, "_pivot_eigh", eigh)
+
+
+def test_a_planted_wrong_pivot_is_caught(trained, monkeypatch) -> None:
+    """A pivot eigenvalue flipped in some fronts: the eliminations' counts go wrong, and no
+    wrong count comes out as certified: it is recounted right, or (every front planted, no
+    dense recount) reported as an interval that holds the truth, and map_spectrum says
+    "uncertain" with fraction intervals that hold the exact fractions."""
+    from resnet_dyn.dynamics import inertia
+
+    net, image = trained
+    f = unit_map(net, 1, unit_states(net, image)[1][0], "unit")
+    lj = local_jacobian(f)
+    sigma = all_singular_values(lj.dense().double())
+    thresholds = [TOL, 1 - TOL, 1 + TOL]
+    expected = [int((sigma < c).sum()) for c in thresholds]
+    gram = inertia.gram_kernels(lj)
+    assert [n.negatives for n in count_below(gram, [c * c for c in thresholds])] == expected
+    _flip_one_eigenvalue(monkeypatch, every=3)
+    raw = count_below(gram, [c * c for c in thresholds])
+    assert [n.negatives for n in raw] != expected  # the plant does make counts wrong
+    assert all(n.error == float("inf") for n in raw)  # and it is caught
+    res = certified_counts(f, thresholds, lj=lj, route="gram")
+    assert res.exact and res.lo == expected and res.route != "gram", res
+    monkeypatch.undo()
+    _flip_one_eigenvalue(monkeypatch, every=1)
+    res = certified_counts(f, thresholds, lj=lj, route="gram")
+    assert res.exact and res.lo == expected and res.route.endswith("dense"), res
+    res = certified_counts(f, thresholds, lj=lj, route="gram", dense_max=0)
+    assert not res.exact and res.route.endswith("(uncertain)"), res
+    assert all(lo <= n <= hi for lo, n, hi in zip(res.lo, expected, res.hi, strict=True))
+    monkeypatch.setattr(inertia, "DENSE_RECOUNT_MAX", 0)
+    stats = map_spectrum(f, method="count", tol=TOL).stats
+    exact = spectrum_stats(sigma, TOL)
+    assert stats["fractions"] == "uncertain", stats
+    for key in ("frac_one", "frac_gt_one", "frac_zero"):
+        assert stats[f"{key}_lo"] <= exact[key] <= stats[f"{key}_hi"], key
+        assert stats[key] == (stats[f"{key}_lo"] + stats[f"{key}_hi"]) / 2

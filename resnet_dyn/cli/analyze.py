@@ -32,10 +32,14 @@ from resnet_dyn.errors import UserError, exit_for_user_error
 
 def _cell(section: dict[str, Any], key: str) -> str:
     """A statistic for the console; an extreme that did not converge shows as such, with
-    the bound it is (never as a plain number)."""
+    the bound it is, and a fraction whose counts were not all certified as the interval
+    they allow (never as a plain number)."""
     if section.get(f"{key}_converged") is False:
         side = ">=" if key == "sigma_max" else "<="
         return f"not converged ({side} {section[f'{key}_bound']:.4f})"
+    lo, hi = section.get(f"{key}_lo"), section.get(f"{key}_hi")
+    if lo is not None and hi is not None and lo != hi:
+        return f"[{lo:.4f}, {hi:.4f}]"
     return f"{section[key]:.4f}"
 
 

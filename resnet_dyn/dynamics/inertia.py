@@ -23,14 +23,44 @@ law of inertia), and over a block elimination it adds up front by front (Haynswo
 J of a conv map couples output pixels whose receptive windows overlap, so G is local on
 the output grid too (:func:`gram_kernels`: one kernel per output pixel, as for J
 itself) and the count uses the nested dissection of :mod:`resnet_dyn.dynamics.gridlu`:
-each front's pivot block is factored by Bunch-Kaufman (``ldl_factor``, symmetric
-indefinite pivoting inside the front) for its inertia, and its Schur complement is passed
-to its parent. A 2x2 Bunch-Kaufman pivot always has one negative and one positive
-eigenvalue, so the negatives are the negative 1x1 pivots plus one per 2x2 pivot.
+each front's pivot block is diagonalized, ``F_ss = V Lambda V^T`` (``eigh``): its
+negative eigenvalues are the front's share of the count, and the Schur complement
+``F_bb - W^T Lambda^-1 W`` (``W = V^T F_sb``) is passed to its parent.
 
-Squaring J costs nothing that matters here: in float64 the rounding of G is ~1e-16
-relative to sigma_max^2, far below the thresholds ``tol^2 = 1e-6`` and ``(1 +- tol)^2``,
-so a count can only differ from the exact one for a sigma within ~1e-12 of a threshold.
+**Certificates.** The order of a dissection is static: a pivot block cannot be
+postponed, and a nearly singular one amplifies the rounding of everything after it.
+That is how an uncertified elimination of ``J J^T - c^2 I`` lost 20 of 16,384 counts
+with nothing to show for it. So no count is taken on trust:
+
+1. *Backward error* (:func:`negative_eigenvalues`). The elimination's negatives are
+   exactly those of some ``A + E``. Writing each front's computed quantities as the exact
+   ones of a nearby front (``eigh`` is exact for ``F_ss + E1``, ``||E1|| <= k eps
+   ||F_ss||``; V is within ``k eps`` of an orthogonal Q, so ``W = Q^T (F_sb + E2)``,
+   ``||E2|| <= (k + k^1.5) eps ||F_sb||_F``; the update's products add ``E3``,
+   ``||E3|| <= (k + 2) eps ||W||_F ||Lambda^-1 W||_F + eps ||F_bb||_F``; assembling the
+   front adds ``(t + 2 + children) eps`` times its norm; G's entries, Gram sums of K
+   products, are within ``K eps sqrt(G_pp G_qq)``), every front of the computed
+   elimination is the exact front of A plus these, and they add up to E. So ``||E||_2
+   <= sum over fronts of (E1 + E2 + E3 + assembly + entries)`` (``Inertia.error``; the
+   eigensolver constant, EIG_BACKWARD = 1, is 10x what this solver showed). Growth from an
+   ill-conditioned pivot block shows up as a large ``||Lambda^-1 W||``, i.e. a large bound.
+   The eigenvalues are checked against the pivot block's trace (they must add up to it
+   within ``k ||E1||``); a block that fails makes the bound infinite: a wrong pivot from
+   a solver failure or a bug is caught, not counted.
+2. *Bracketing* (:func:`certified_counts`). By Weyl's inequality (eigenvalues move by
+   at most ``||E||``), the negatives of ``A + a I + E`` with ``||E|| <= a`` are at most
+   those of A, and the negatives of ``A - a I + E'`` with ``||E'|| <= a`` at least as
+   many. So the counts of A shifted by ``+a`` and ``-a`` bound the true count, and where
+   they agree they are it: a certified count. On the gram route A is ``G - c^2 I`` (a on
+   sigma^2); on the reduced route the pencil ``|delta| X``, whose inertia gives the count.
+   Where the two counts differ, an eigenvalue lies within ``a + error`` of the shift: the
+   count is only known to lie between them.
+3. *Recounts.* What is not certified is counted again on the gram route, with larger
+   fronts, and by a dense ``eigvalsh`` of G where it fits (``DENSE_RECOUNT_MAX``; its
+   eigenvalues within ``n eps ||G||`` of G's). What remains is an interval (:class:`Counts`;
+   ``fractions: "uncertain"`` in :func:`~resnet_dyn.dynamics.unit_spectra.map_spectrum`),
+   never a number. A certified count costs two eliminations instead of one.
+
 Exactly zero rows of J (a unit map's outputs behind an off ReLU) are zero rows of G:
 exact zeros, counted without entering the elimination.
 
@@ -40,16 +70,19 @@ against jacfwd of the unfolded float64 map). The gram route colors J in the map'
 dtype (float32 for a trained net, 4x cheaper): a count can then differ from the float64
 map's only for a sigma within about 1e-7 relative of a threshold (float32 rounding of J's
 entries and of the folded BatchNorm); pass a float64 map (``analysis.dtype=float64``) to
-exclude that.
+exclude that. The certificates are for the J that was colored: its G, or its pencil.
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import math
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass, replace
 
 import torch
 
-from resnet_dyn.dynamics.gridlu import PIVOT_RTOL, dissection, dissection_flops
+from resnet_dyn.dynamics.gridlu import dissection, dissection_flops
 from resnet_dyn.dynamics.jacobian import LocalJacobian, local_jacobian
 from resnet_dyn.dynamics.maps import UnitMap
 from resnet_dyn.dynamics.reduced import (
@@ -66,6 +99,24 @@ from resnet_dyn.dynamics.window import NonLocalMap, Window, local_window
 # (``count_flops``): a stage map's window spans the whole grid, making G dense.
 COUNT_MAX_GFLOP = 400.0
 SHIFTS_PER_PASS = 8  # shifts factored together by singular_value_counts
+EPS = float(torch.finfo(torch.float64).eps)
+# Backward error of LAPACK's symmetric eigensolver, per unit of ||F||_2 and of k: the
+# computed eigenvalues are exact for F + E with ||E||_2 <= EIG_BACKWARD * k * eps ||F||_2
+# and the computed eigenvectors within EIG_BACKWARD * k * eps of an orthogonal matrix.
+# Measured on this solver (k = 100..700, Frobenius norms): ||F - V Lambda V^T|| below
+# 0.1 k eps ||F|| and ||V^T V - I|| below 0.8 k eps; the eigenvectors' term enters the
+# bound next to a sqrt(k) times larger rounding term (E2 in the module docstring).
+EIG_BACKWARD = 1.0
+
+
+@dataclass(frozen=True)
+class Inertia:
+    """What one nested-dissection elimination of a symmetric matrix A found: the number
+    of negative eigenvalues of some A + E, exactly, and a bound ``error >= ||E||_2``
+    (:func:`negative_eigenvalues`; inf where a pivot block was exactly singular)."""
+
+    negatives: int
+    error: float
 
 
 def gram_kernels(lj: LocalJacobian, dtype: torch.dtype = torch.float64) -> LocalJacobian:
@@ -107,7 +158,8 @@ def gram_singular_values(lj: LocalJacobian) -> torch.Tensor:
     G = gram_kernels(lj).dense()
     keep = G.diagonal() > 0
     m, n = lj.out_shape.numel(), lj.in_shape.numel()
-    lam = torch.linalg.eigvalsh(G[keep][:, keep]).flip(0)[: min(m, n)]
+    with _one_thread():
+        lam = torch.linalg.eigvalsh(G[keep][:, keep]).flip(0)[: min(m, n)]
     sigma = lam.clamp_min(0).sqrt()
     return torch.cat([sigma, sigma.new_zeros(min(m, n) - sigma.numel())])
 
@@ -132,23 +184,35 @@ def count_flops(shape: Sequence[int], reach: tuple[int, int], leaf: int = 512) -
     return dissection_flops(h, w, reach, c, leaf)
 
 
-def count_below(gram: LocalJacobian, shifts: Sequence[float], *, leaf: int = 512) -> list[int]:
+def count_below(
+    gram: LocalJacobian, shifts: Sequence[float], *, leaf: int = 512, entry_rtol: float = 0.0
+) -> list[Inertia]:
     """Number of eigenvalues of the symmetric local matrix ``gram`` (:func:`gram_kernels`)
-    below each of ``shifts``, from one nested-dissection LDL^T of ``gram - shift I`` each.
+    below each of ``shifts`` (``Inertia.negatives``), with its certificate, from one
+    nested-dissection elimination of ``gram - shift I`` each (:func:`negative_eigenvalues`;
+    ``entry_rtol``: the error of ``gram``'s entries it allows for).
 
     Rows of ``gram`` that are zero (zero rows of J) are eigenvalues 0, counted for shifts
-    above 0 without entering the elimination. Raises ``torch.linalg.LinAlgError`` when a
-    pivot block is singular or nearly so (see :func:`negative_eigenvalues`).
+    above 0 without entering the elimination.
     """
     c, h, w = gram.out_shape
-    diag = gram.kernels[:, :, gram.window.lo[0], gram.window.lo[1]].diagonal(dim1=-2, dim2=-1)
-    keep = (diag != 0).permute(2, 0, 1).reshape(c * h * w)  # (co, pixel) order, as J's rows
+    keep = _diagonal(gram) != 0  # (co, pixel) order, as J's rows
     dropped = int((~keep).sum())
     dev = gram.kernels.device
     shift = torch.as_tensor(list(shifts), dtype=gram.kernels.dtype, device=dev)
     ones = torch.ones(len(shift), 1, dtype=gram.kernels.dtype, device=dev)
-    negatives = negative_eigenvalues([gram], ones, keep, shift=shift, leaf=leaf)
-    return [n + (dropped if s > 0 else 0) for n, s in zip(negatives, shifts, strict=True)]
+    found = negative_eigenvalues([gram], ones, keep, shift=shift, leaf=leaf, entry_rtol=entry_rtol)
+    return [
+        replace(i, negatives=i.negatives + (dropped if s > 0 else 0))
+        for i, s in zip(found, shifts, strict=True)
+    ]
+
+
+def _diagonal(A: LocalJacobian) -> torch.Tensor:
+    """The diagonal of a square local operator, in (channel, pixel) order."""
+    c, h, w = A.out_shape
+    diag = A.kernels[:, :, A.window.lo[0], A.window.lo[1]].diagonal(dim1=-2, dim2=-1)
+    return diag.permute(2, 0, 1).reshape(c * h * w)
 
 
 def negative_eigenvalues(
@@ -158,16 +222,24 @@ def negative_eigenvalues(
     *,
     shift: torch.Tensor | None = None,
     leaf: int = 512,
-) -> list[int]:
+    entry_rtol: float = 0.0,
+) -> list[Inertia]:
     """Negative eigenvalues of ``A_j = sum_t coeffs[j, t] terms[t] - shift[j] I``
     restricted to the unknowns ``keep`` (bool over (channel, pixel)), for each row j of
-    ``coeffs``: one nested-dissection LDL^T each, all rows as one batch.
+    ``coeffs``, each exact for a matrix within ``Inertia.error`` of ``A_j`` (2-norm): one
+    nested-dissection elimination each, all rows as one batch.
 
-    ``terms``: symmetric local operators on one grid (same shape and reach). Each front's
-    pivot block is factored by Bunch-Kaufman (``ldl_factor``); the negatives are its
-    negative 1x1 pivots plus one per 2x2 pivot (which always has one of each sign).
-    Raises ``torch.linalg.LinAlgError`` when a pivot block is singular or its smallest
-    pivot is below ``PIVOT_RTOL`` of its largest entry (nearly singular).
+    ``terms``: symmetric local operators on one grid (same shape and reach).
+    ``entry_rtol``: how far the terms' entries may be from the exact ones they stand for,
+    per unit of their diagonals: ``|error_pq| <= entry_rtol sqrt(d_p d_q)`` with
+    ``d = sum_t |coeffs_t| |diag(terms_t)|`` (a Gram product of K terms: ~K eps, by
+    Cauchy-Schwarz); 0 bounds the error against the matrices as given.
+
+    Each front's pivot block is diagonalized, ``F_ss = V Lambda V^T`` (``eigh``): its
+    negative eigenvalues are the front's share of the count, and the Schur complement
+    passed to the parent is ``F_bb - W^T Lambda^-1 W`` with ``W = V^T F_sb``. The bound
+    on the backward error is the sum over fronts of the module docstring's per-front terms;
+    it is infinite where a pivot block has an exactly zero eigenvalue.
     """
     ref = terms[0]
     c, h, w = ref.out_shape
@@ -177,9 +249,10 @@ def negative_eigenvalues(
     pos = torch.full((n,), -1, dtype=torch.long, device=dev)
     ns = coeffs.shape[0]
     coeffs = coeffs.to(ref.kernels.dtype)
+    # d: sum_t |coeffs_t| |diag(terms_t)| over (channel, pixel), for the entries' error bound.
+    d = sum(coeffs[:, t, None].abs() * _diagonal(term).abs() for t, term in enumerate(terms))
     negatives = torch.zeros(ns, dtype=torch.long, device=dev)
-    failed = torch.zeros((), dtype=torch.long, device=dev)
-    tiny = torch.zeros((), dtype=torch.bool, device=dev)
+    error = torch.zeros(ns, dtype=torch.float64, device=dev)
     # Schur complements on a front's halo (one per shift) wait for the parent front.
     stack: list[tuple[torch.Tensor, torch.Tensor]] = []
     for sep_pix, halo_pix, children in dissection(h, w, ref.window.lo, c, leaf, device=dev):
@@ -202,53 +275,107 @@ def negative_eigenvalues(
         if shift is not None:
             F[:, :k, :k].diagonal(dim1=1, dim2=2).sub_(shift[:, None])
         F[:, k:, k:] = 0
+        tr_s, tr_b = d[:, s].sum(1), d[:, b].sum(1)
+        error += entry_rtol * torch.sqrt(2 * tr_s * (tr_s + tr_b))  # (1) the entries
         pos[idx] = torch.arange(k + m, device=dev)
         flat = F.view(ns, -1)
+        added = torch.zeros(ns, dtype=torch.float64, device=dev)
         for _ in range(children):  # extend-add: children's halos lie in this front
             vars_, upd = stack.pop()
             p = pos[vars_]
             flat.index_add_(1, (p[:, None] * (k + m) + p[None, :]).flatten(), upd.view(ns, -1))
+            added += _fro(upd)
         pos[idx] = -1
-        F_ss = F[:, :k, :k].contiguous()
-        if k:
-            ld, piv, info = torch.linalg.ldl_factor_ex(F_ss)
-            one = piv > 0
-            d = ld.diagonal(dim1=1, dim2=2)
-            negatives += ((d < 0) & one).sum(1) + (~one).sum(1) // 2
-            failed += info.clamp_min(0).sum()
-            scale = F_ss.abs().amax(dim=(1, 2), keepdim=True).squeeze(-1)
-            # 1x1 pivots only: a 2x2 pivot is chosen because it is well conditioned.
-            small = (d.abs() <= PIVOT_RTOL * scale) & one
-            tiny |= small.any()
-        if m:
-            upd = F[:, k:, k:]
-            if k:
-                # One LU per shift: the batched LU of this torch/MKL build returns
-                # garbage pivots for blocks of a few hundred rows.
-                for j in range(ns):
-                    X, info = torch.linalg.solve_ex(F_ss[j], F[j, k:, :k].mT)
-                    failed += info.clamp_min(0)
-                    _symmetric_update(upd[j], F[j, k:, :k], X)
-            stack.append((b, upd.contiguous()))
-    if failed.item():
-        raise torch.linalg.LinAlgError("a pivot block of the shifted matrix is singular")
-    if tiny.item():
-        raise torch.linalg.LinAlgError("a pivot block of the shifted matrix is nearly singular")
-    return negatives.tolist()
+        F_ss, F_bs, F_bb = F[:, :k, :k], F[:, k:, :k], F[:, k:, k:]
+        n_bs, n_bb = _fro(F_bs), _fro(F_bb)
+        # (2) the sums that assembled the front: terms, shift and children's updates.
+        n_front = torch.sqrt(_fro(F_ss) ** 2 + 2 * n_bs**2 + n_bb**2)
+        error += (len(terms) + 2 + children) * EPS * (n_front + added)
+        if not k:
+            stack.append((b, F_bb.contiguous()))
+            continue
+        lam, V = _pivot_eigh(F_ss)
+        negatives += (lam < 0).sum(1)
+        g = _gamma(k)
+        # (3) eigh: exact for F_ss + E; V within EIG_BACKWARD * g of an orthogonal Q.
+        e1 = EIG_BACKWARD * g * lam.abs().amax(1)
+        error += e1
+        # The eigenvalues must add up to the trace, within k ||E||: a wrong one (a solver
+        # failure or a bug) is caught here, not trusted.
+        trace = F_ss.diagonal(dim1=1, dim2=2)
+        off = (lam.sum(1) - trace.sum(1)).abs()
+        wrong = off > k * e1 + g * (lam.abs().sum(1) + trace.abs().sum(1))
+        bad = wrong | (lam == 0).any(1) | ~torch.isfinite(lam).all(1)
+        error = torch.where(bad, math.inf, error)
+        if not m:
+            continue
+        Wt = F_bs @ V  # W^T = F_bs V, (ns, m, k)
+        # (4) W = Q^T F_sb' exactly for an F_sb' this close to F_sb (V - Q and rounding).
+        error += 2 * (EIG_BACKWARD * g + g * math.sqrt(k)) * n_bs
+        Z = Wt / torch.where(lam == 0, 1.0, lam)[:, None, :]  # (Lambda^-1 W)^T
+        for j in range(ns):
+            _symmetric_update(F_bb[j], Wt[j], Z[j].mT)
+        # (5) the update's products and difference.
+        error += _gamma(k + 2) * _fro(Wt) * _fro(Z) + EPS * n_bb
+        stack.append((b, F_bb.contiguous()))
+    return [
+        Inertia(nv, er)
+        for nv, er in zip(
+            negatives.tolist(),
+            torch.nan_to_num(error, nan=math.inf, posinf=math.inf).tolist(),
+            strict=True,
+        )
+    ]
+
+
+def _fro(A: torch.Tensor) -> torch.Tensor:
+    """Frobenius norm of each matrix of a batch (ns, p, q)."""
+    return torch.linalg.vector_norm(A, dim=(1, 2))
+
+
+def _pivot_eigh(F: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Eigenvalues (ascending) and eigenvectors of a batch of pivot blocks."""
+    with _one_thread():
+        return torch.linalg.eigh(F)
+
+
+@contextmanager
+def _one_thread() -> Iterator[None]:
+    """LAPACK's eigensolvers on one thread: on two cores that another process also uses,
+    their many short parallel regions made ``eigh`` of a 1024-block 70x slower with two
+    threads than with one (37 s against 0.5 s); on a quiet machine one thread costs ~30%."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(threads)
+
+
+@dataclass(frozen=True)
+class Count:
+    """``#{sigma < c}`` of J as one elimination found it: exact if the matrix it factored
+    (``J J^T - c^2 I``, or the reduced route's ``|delta| X``), shifted by ``-offset I``,
+    were within ``error`` (2-norm) of the exact one (the offset is the caller's)."""
+
+    below: int
+    error: float
 
 
 def reduced_counts(
-    split: LowRankSplit, thresholds: Sequence[float], *, leaf: int = 512
-) -> list[int | None]:
+    split: LowRankSplit,
+    thresholds: Sequence[float],
+    *,
+    offsets: Sequence[float] | None = None,
+    leaf: int = 512,
+) -> list[Count | None]:
     """``#{sigma < c}`` of J for each threshold c > 0 through the reduced pencil of
-    :mod:`resnet_dyn.dynamics.reduced`; None for a threshold at c = |alpha| (delta = 0),
-    which the reduction cannot count.
-
-    The counts are checked against what must hold exactly: they grow with c, lie in
-    [0, r], and thresholds on both sides of |alpha| enclose the cluster of at least
-    n - 2k singular values equal to |alpha|. A failed check raises
-    ``torch.linalg.LinAlgError``, as a nearly singular pivot block does."""
+    :mod:`resnet_dyn.dynamics.reduced`, ``[delta < 0] rows + neg(|delta| X - offset I) - k``
+    (plus a unit map's zero rows), with the elimination's error bound; None at c = |alpha|
+    (delta = 0), which the reduction cannot count. ``offsets`` (default 0): one per
+    threshold, for the bracketing of :func:`certified_counts`."""
     pencil = reduced_pencil(split)
+    offsets = [0.0] * len(thresholds) if offsets is None else list(offsets)
     a2 = split.alpha**2
     deltas = [a2 - c * c for c in thresholds]
     live = [i for i, d in enumerate(deltas) if d != 0]
@@ -259,18 +386,39 @@ def reduced_counts(
         dtype=torch.float64,
         device=dev,
     )
-    terms = [pencil.N0, pencil.N1]
-    neg = negative_eigenvalues(terms, coeffs, pencil.keep, leaf=leaf) if live else []
-    out: list[int | None] = [None] * len(thresholds)
-    for i, m in zip(live, neg, strict=True):
-        out[i] = pencil.zeros + (pencil.rows if deltas[i] < 0 else 0) + m - pencil.k
-    _check_counts(
-        [(thresholds[i], out[i]) for i in live],
-        pencil.zeros + pencil.rows,
-        abs(split.alpha),
-        pencil.rows - 2 * pencil.k,
+    shift = torch.tensor([offsets[i] for i in live], dtype=torch.float64, device=dev)
+    # N0's P and N1 are Gram products of C's and B's kernels: K terms per entry.
+    inner = max(
+        math.prod(K.kernels.shape[2:4]) * max(K.kernels.shape[4:]) for K in (split.C, split.B)
     )
+    found = (
+        negative_eigenvalues(
+            [pencil.N0, pencil.N1],
+            coeffs,
+            pencil.keep,
+            shift=shift,
+            leaf=leaf,
+            entry_rtol=_gamma(inner),
+        )
+        if live
+        else []
+    )
+    out: list[Count | None] = [None] * len(thresholds)
+    for i, m in zip(live, found, strict=True):
+        below = pencil.zeros + (pencil.rows if deltas[i] < 0 else 0) + m.negatives - pencil.k
+        out[i] = Count(below, m.error)
     return out
+
+
+def _row_sum_bound(A: LocalJacobian) -> float:
+    """``||A||_inf`` (the largest absolute row sum) of a local operator, ``>= ||A||_2``
+    for a symmetric A."""
+    return float(A.kernels.abs().sum(dim=(2, 3, 5)).max())
+
+
+def _gamma(k: int) -> float:
+    """Rounding of a sum of k float64 products, relative to the sum of their magnitudes."""
+    return 1.01 * k * EPS
 
 
 def _check_counts(
@@ -331,6 +479,241 @@ def countable(f: UnitMap, *, max_gflop: float = COUNT_MAX_GFLOP) -> tuple[bool, 
 
 
 ROUTES = ("auto", "reduced", "gram")
+# The bracket of a certified count: the route's matrix is counted shifted by -a and +a,
+# a starting at BRACKET_RTOL of a bound on its norm and, where an elimination's error
+# exceeded it, retried once at twice that error, up to BRACKET_MAX of the norm. On the
+# gram route a is also at most BRACKET_SHARE (at first) and BRACKET_SHARE_MAX of c^2: a
+# sigma^2 within a of c^2 leaves the count uncertain.
+BRACKET_RTOL = 1e-8
+BRACKET_MAX = 1e-5
+BRACKET_SHARE = 0.1
+BRACKET_SHARE_MAX = 0.5
+BRACKET_ROUNDS = 3  # counts of a threshold's bracket at most (each two eliminations)
+# A second gram-route count of what the first could not certify uses fronts this large:
+# fewer levels of the dissection, so less rounding carried through ill-conditioned pivots.
+RECOUNT_LEAF = 2048
+# The last recount, of whatever is still uncertified: eigvalsh of the dense Gram matrix of
+# J's nonzero rows, where it has at most this many (8,192: 0.5 GiB, ~15 s on 2 cores).
+DENSE_RECOUNT_MAX = 8192
+
+
+class UncertainCounts(torch.linalg.LinAlgError):
+    """Raised by :func:`counted` where some count could not be certified."""
+
+
+@dataclass
+class Counts:
+    """``#{sigma < c}`` for each threshold c, as the interval ``[lo[i], hi[i]]`` it is
+    known to lie in: a single number (``lo == hi``) where the count was certified, else
+    the bounds that its bracketing counts and the certified counts at the other
+    thresholds (counts grow with c) allow, within ``[0, r]``. ``route``: how the counts
+    were found (see :func:`certified_counts`)."""
+
+    lo: list[int]
+    hi: list[int]
+    route: str
+
+    @property
+    def exact(self) -> bool:
+        """Whether every count is certified (a single number)."""
+        return self.lo == self.hi
+
+
+# count(thresholds, offsets): a Count (or None) per (threshold, offset) pair.
+CountFn = Callable[[list[float], list[float]], list[Count | None]]
+
+
+def _bracketed(
+    count: CountFn, thresholds: Sequence[float], widths: Sequence[float], most: Sequence[float]
+) -> list[tuple[int, int] | None]:
+    """For each threshold: bounds ``(lo, hi)`` on ``#{sigma < c}``, the counts of the
+    route's matrix shifted by ``-a`` and ``+a``, where both their errors are at most a
+    (None where no a tried allows that); ``lo == hi`` is a certified count (module
+    docstring). a starts at ``widths``; where an error exceeded it (up to ``most``), or
+    where the two counts differ and the errors allow a bracket under half as wide, it is
+    tried again at twice the larger error, up to ``BRACKET_ROUNDS`` brackets in all."""
+    out: list[tuple[int, int] | None] = [None] * len(thresholds)
+    a = list(widths)
+    todo = list(range(len(thresholds)))
+    for _ in range(BRACKET_ROUNDS):
+        found = count(
+            [thresholds[i] for i in todo for _ in (0, 1)],
+            [x for i in todo for x in (-a[i], a[i])],
+        )
+        again = []
+        for j, i in enumerate(todo):
+            lo, hi = found[2 * j], found[2 * j + 1]
+            if lo is None or hi is None:
+                continue
+            worst = max(lo.error, hi.error)
+            if worst <= a[i]:
+                out[i] = (lo.below, hi.below)
+            if (worst > a[i] and 2 * worst <= most[i]) or (
+                lo.below != hi.below and 4 * worst < a[i]
+            ):
+                a[i] = 2 * worst
+                again.append(i)
+        todo = again
+        if not todo:
+            break
+    return out
+
+
+def certified_counts(
+    f: UnitMap,
+    thresholds: Sequence[float],
+    *,
+    lj: LocalJacobian | None = None,
+    route: str = "auto",
+    dense_max: int | None = None,
+) -> Counts:
+    """``#{sigma < c}`` over the ``min(dim_in, dim_out)`` singular values of J(f) for each
+    threshold c > 0: certified counts, or intervals where no count could be certified.
+
+        res = certified_counts(f, [1e-3, 0.999, 1.001])
+        res.exact, res.lo, res.hi, res.route  # True, [0, 497, 506], [0, 497, 506], "reduced"
+
+    Routes: ``"reduced"`` (:mod:`resnet_dyn.dynamics.reduced`: the 2k x 2k pencil X on the
+    hidden grid, for units with an identity shortcut), ``"gram"`` (``J J^T - c^2 I``, see
+    the module docstring), or ``"auto"``: reduced where it applies and costs fewer flops.
+    Each count is certified by two bracketing counts that agree (module docstring); the
+    thresholds not certified, and those the reduction cannot take (c = |alpha|), are
+    counted again, in turn: on the gram route (unless ``route="reduced"``), on the gram
+    route with larger fronts (``RECOUNT_LEAF``), and by ``eigvalsh`` of the dense Gram
+    matrix of J's nonzero rows where they are at most ``dense_max`` (default
+    ``DENSE_RECOUNT_MAX``). The route reads e.g.
+    ``"reduced"``, ``"reduced+gram"``, ``"gram+gram(leaf 2048)+dense"`` or
+    ``"gram (reduced: <why>)"``, with ``" (uncertain)"`` where an interval remains.
+
+    ``lj``: J's local kernels if already at hand (the gram route's input; found by
+    coloring in the map's dtype otherwise). Raises :class:`NonLocalMap` for a map
+    without a receptive window.
+    """
+    if any(not c > 0 for c in thresholds):
+        raise ValueError(f"thresholds must be positive, got {list(thresholds)}")
+    if route not in ROUTES:
+        raise ValueError(f"route must be one of {ROUTES}, got {route!r}")
+    r = min(f.dim_in, f.dim_out)
+    bounds: list[tuple[int, int]] = [(0, r)] * len(thresholds)
+    steps: list[str] = []
+
+    def take(found: dict[int, tuple[int, int] | None]) -> list[int]:
+        """Narrow the bounds by those found (threshold index -> bounds); what is left."""
+        for i, b in found.items():
+            if b is not None:
+                bounds[i] = (max(bounds[i][0], b[0]), min(bounds[i][1], b[1]))
+        return [i for i, (lo, hi) in enumerate(bounds) if lo != hi]
+
+    rest = list(range(len(thresholds)))
+    # Unit maps with a ReLU after the sum stay on the gram route under "auto": their
+    # pencil's leading blocks are nearly rank-deficient (fewer active outputs than 2k
+    # unknowns) and its gram route, which drops the zero rows, costs about as much.
+    wanted = route == "reduced" or (route == "auto" and not relu_after_sum(f))
+    split = low_rank_split(f) if wanted else None
+    if route == "reduced" and split is None:
+        raise ValueError(f"the reduced route does not apply: {why_not(f) or 'branch shape'}")
+    failed = ""
+    if split is not None and (
+        route == "reduced"
+        or reduced_flops(split) <= count_flops(f.out_shape, _gram_reach(local_window(f)))
+    ):
+        pencil = reduced_pencil(split)
+        # ||delta| N0 + N1|| with |delta| <= max(alpha^2, c^2) over the thresholds.
+        top = max([split.alpha**2, *(c * c for c in thresholds)])
+        scale = top * _row_sum_bound(pencil.N0) + _row_sum_bound(pencil.N1)
+
+        def reduced(cs: list[float], offsets: list[float]) -> list[Count | None]:
+            return reduced_counts(split, cs, offsets=offsets)
+
+        nt = len(thresholds)
+        found = _bracketed(
+            reduced, thresholds, [BRACKET_RTOL * scale] * nt, [BRACKET_MAX * scale] * nt
+        )
+        exact = [(c, b[0]) for c, b in zip(thresholds, found, strict=True) if b and b[0] == b[1]]
+        try:
+            # What must hold exactly, as a last guard on certified counts.
+            _check_counts(exact, r, abs(split.alpha), _cluster(split, r))
+            rest = take(dict(enumerate(found)))
+            steps.append("reduced")
+        except torch.linalg.LinAlgError as e:
+            failed = f" (reduced: {e})"
+    if rest and route != "reduced":
+        lj = local_jacobian(f) if lj is None else lj
+        gram = gram_kernels(lj)
+        # G's entries are sums of kh * kw * c_in products of J's entries.
+        rtol = _gamma(math.prod(lj.kernels.shape[2:4]) * lj.kernels.shape[5])
+        extra = max(0, f.dim_out - f.dim_in)
+        for leaf in (512, RECOUNT_LEAF):
+
+            def gram_route(
+                cs: list[float], offsets: list[float], leaf: int = leaf
+            ) -> list[Count | None]:
+                shifts = [c * c + o for c, o in zip(cs, offsets, strict=True)]
+                # Each shift in a pass holds its own copy of every front: a few per pass.
+                found = [
+                    n for i in range(0, len(shifts), SHIFTS_PER_PASS)
+                    for n in count_below(gram, shifts[i : i + SHIFTS_PER_PASS], leaf=leaf,
+                                         entry_rtol=rtol)
+                ]  # fmt: skip
+                return [Count(n.negatives - extra, n.error) for n in found]
+
+            cs = [thresholds[i] for i in rest]
+            scale = _row_sum_bound(gram)
+            # sigma^2 within a of c^2 breaks the bracket: a is kept small against c^2.
+            widths = [min(BRACKET_RTOL * scale, BRACKET_SHARE * c * c) for c in cs]
+            most = [min(BRACKET_MAX * scale, BRACKET_SHARE_MAX * c * c) for c in cs]
+            sub = _bracketed(gram_route, cs, widths, most)
+            rest = take(dict(zip(rest, sub, strict=True)))
+            steps.append("gram" if leaf == 512 else f"gram(leaf {leaf})")
+            if not rest:
+                break
+        dense_max = DENSE_RECOUNT_MAX if dense_max is None else dense_max
+        if rest and int((_diagonal(gram) != 0).sum()) <= dense_max:
+            dense = _dense_counts(gram, [thresholds[i] ** 2 for i in rest], rtol)
+            rest = take({i: None if n is None else (n - extra, n - extra)
+                         for i, n in zip(rest, dense, strict=True)})  # fmt: skip
+            steps.append("dense")
+    lo, hi = _envelope(thresholds, bounds)
+    how = "+".join(steps) + failed
+    return Counts(lo, hi, how if lo == hi else f"{how} (uncertain)")
+
+
+def _cluster(split: LowRankSplit, n: int) -> int:
+    """How many singular values of an n x n J equal |alpha| at least: rows - 2k (module
+    docstring of :mod:`~resnet_dyn.dynamics.reduced`; rows: n, or a unit map's active
+    outputs)."""
+    rows = n if split.out_active is None else int(split.out_active.sum())
+    return rows - 2 * split.rank
+
+
+def _envelope(
+    thresholds: Sequence[float], bounds: Sequence[tuple[int, int]]
+) -> tuple[list[int], list[int]]:
+    """Bounds on each count made consistent across thresholds: a count is at least every
+    lower bound at a smaller threshold and at most every upper bound at a larger one."""
+    pairs = list(zip(thresholds, bounds, strict=True))
+    lo = [max(b[0] for d, b in pairs if d <= c) for c in thresholds]
+    hi = [min(b[1] for d, b in pairs if d >= c) for c in thresholds]
+    return lo, hi
+
+
+def _dense_counts(gram: LocalJacobian, shifts: Sequence[float], rtol: float) -> list[int | None]:
+    """Eigenvalues of ``gram`` below each shift from ``eigvalsh`` of its dense nonzero rows
+    (zero rows: eigenvalues 0), None where an eigenvalue is too close to the shift to say
+    on which side it lies: ``eigvalsh`` is exact for ``G + E``, ``||E||_2 <=
+    EIG_BACKWARD n eps ||G||_2``, and G's entries are within ``rtol tr(G)`` of the exact
+    ones."""
+    keep = _diagonal(gram) != 0
+    G = gram.dense()[keep][:, keep]
+    with _one_thread():
+        lam = torch.linalg.eigvalsh(G)
+    bound = EIG_BACKWARD * _gamma(G.shape[0]) * lam.abs().max() + rtol * G.diagonal().abs().sum()
+    dropped = int((~keep).sum())
+    out: list[int | None] = []
+    for s in shifts:
+        close = bool(((lam - s).abs() <= bound).any())
+        out.append(None if close else int((lam < s).sum()) + (dropped if s > 0 else 0))
+    return out
 
 
 def counted(
@@ -341,58 +724,12 @@ def counted(
     route: str = "auto",
 ) -> tuple[list[int], str]:
     """``#{sigma < c}`` over the ``min(dim_in, dim_out)`` singular values of J(f), exactly,
-    for each threshold c > 0, and the route the counts took.
-
-    Routes: ``"reduced"`` (:mod:`resnet_dyn.dynamics.reduced`: an LDL^T of the 2k x 2k
-    pencil X on the hidden grid, for units with an identity shortcut), ``"gram"`` (an
-    LDL^T of ``J J^T - c^2 I``, see the module docstring), or ``"auto"``: reduced where it
-    applies and costs fewer flops. Thresholds the reduction cannot take (c = |alpha|), and
-    every threshold when its factorization meets a nearly singular pivot block, go the
-    gram route; the route then reads ``"reduced+gram"`` or ``"gram (<why>)"``.
-
-    ``lj``: J's local kernels if already at hand (the gram route's input; found by
-    coloring in the map's dtype otherwise). Raises :class:`NonLocalMap` for a map
-    without a receptive window.
-    """
-    if any(not c > 0 for c in thresholds):
-        raise ValueError(f"thresholds must be positive, got {list(thresholds)}")
-    if route not in ROUTES:
-        raise ValueError(f"route must be one of {ROUTES}, got {route!r}")
-    counts: list[int | None] = [None] * len(thresholds)
-    how = "gram"
-    # Unit maps with a ReLU after the sum stay on the gram route under "auto": their
-    # pencil's leading blocks are nearly rank-deficient (fewer active outputs than 2k
-    # unknowns), and the dissection's static pivoting lost counts there (36 of 16,384 on a
-    # 16x32x32 unit) while its gram route, which drops the zero rows, costs about as much.
-    wanted = route == "reduced" or (route == "auto" and not relu_after_sum(f))
-    split = low_rank_split(f) if wanted else None
-    if route == "reduced" and split is None:
-        raise ValueError(f"the reduced route does not apply: {why_not(f) or 'branch shape'}")
-    if split is not None and (
-        route == "reduced"
-        or reduced_flops(split) <= count_flops(f.out_shape, _gram_reach(local_window(f)))
-    ):
-        try:
-            counts = reduced_counts(split, thresholds)
-            how = "reduced"
-        except torch.linalg.LinAlgError as e:
-            how = f"gram (reduced: {e})"
-    rest = [i for i, n in enumerate(counts) if n is None]
-    if rest:
-        lj = local_jacobian(f) if lj is None else lj
-        gram = gram_kernels(lj)
-        shifts = [thresholds[i] ** 2 for i in rest]
-        # Each shift in a pass holds its own copy of every front: a few per pass bound memory.
-        below = [
-            n for i in range(0, len(shifts), SHIFTS_PER_PASS)
-            for n in count_below(gram, shifts[i : i + SHIFTS_PER_PASS])
-        ]  # fmt: skip
-        extra = max(0, f.dim_out - f.dim_in)
-        for i, b in zip(rest, below, strict=True):
-            counts[i] = b - extra
-        if how == "reduced":
-            how = "reduced+gram"
-    return [int(n) for n in counts], how  # type: ignore[arg-type]
+    for each threshold c > 0, and the route the counts took (:func:`certified_counts`).
+    Raises :class:`UncertainCounts` where a count could not be certified."""
+    res = certified_counts(f, thresholds, lj=lj, route=route)
+    if not res.exact:
+        raise UncertainCounts(f"counts not certified: within [{res.lo}, {res.hi}] ({res.route})")
+    return res.lo, res.route
 
 
 def singular_value_counts(
@@ -415,6 +752,18 @@ def fractions_from_counts(zero: int, below_one: int, up_to_one: int, r: int) -> 
         "frac_gt_one": (r - up_to_one) / r,
         "frac_zero": zero / r,
     }
+
+
+def fraction_bounds(counts: Counts, r: int) -> dict[str, float]:
+    """``frac_one``, ``frac_gt_one``, ``frac_zero`` of r singular values from the counts
+    below ``tol``, ``1 - tol`` and ``1 + tol`` (:func:`certified_counts`), with
+    ``<frac>_lo`` and ``<frac>_hi``, the interval the counts allow (equal to the fraction
+    where every count is certified; the fraction is its midpoint otherwise)."""
+    (z0, z1), (b0, b1), (u0, u1) = zip(counts.lo, counts.hi, strict=True)
+    lo = fractions_from_counts(z0, b1, max(u0, b1), r) | {"frac_gt_one": (r - u1) / r}
+    hi = fractions_from_counts(z1, b0, u1, r) | {"frac_gt_one": (r - u0) / r}
+    out = {k: (lo[k] + hi[k]) / 2 for k in lo}
+    return out | {f"{k}_lo": v for k, v in lo.items()} | {f"{k}_hi": v for k, v in hi.items()}
 
 
 def exact_fractions(f: UnitMap, tol: float = 1e-3, **kwargs: object) -> dict[str, float]:

@@ -75,7 +75,7 @@ def summarize(per_image: Sequence[dict]) -> dict:
         vals = [r[key] for r in per_image]
         if isinstance(vals[0], bool):
             out[key] = all(vals)
-        elif key.endswith(("_err", "_unresolved")):
+        elif key.endswith(("_err", "_unresolved", "_lo", "_hi")):
             out[key] = sum(vals) / len(vals)
         elif isinstance(vals[0], (int, float)):
             arr = np.asarray(vals, dtype=np.float64)

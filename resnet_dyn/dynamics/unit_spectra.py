@@ -38,7 +38,11 @@ per-image spectra are under ``r["raw"][map]``. Methods (``method=``):
   countable (:func:`~resnet_dyn.dynamics.inertia.countable`), else ``slq``.
 
 Every summary says how its fractions were obtained: ``fractions`` is ``"exact"`` (a
-full spectrum or counts), ``"estimated"`` (SLQ) or ``"none"`` (``lanczos``). The method
+full spectrum or certified counts), ``"uncertain"`` (counts that could not all be
+certified, see :func:`~resnet_dyn.dynamics.inertia.certified_counts`: each fraction is
+then the midpoint of ``[<frac>_lo, <frac>_hi]``, the interval the certified counts
+allow), ``"estimated"`` (SLQ) or ``"none"`` (``lanczos``). ``count`` always reports
+``<frac>_lo`` and ``<frac>_hi`` (equal to the fraction where exact) and ``count_route``. The method
 used is reported as ``"<jacobian>+svd"`` (``"coloring+gram"``: all singular values of a
 large conv map as the float64 eigenvalues of J J^T built from J's local kernels),
 ``"count+<smallest end>"`` or
@@ -68,9 +72,10 @@ import torch
 
 from resnet_dyn.dynamics.inertia import (
     COUNT_MAX_GFLOP,
+    UncertainCounts,
+    certified_counts,
     countable,
-    counted,
-    fractions_from_counts,
+    fraction_bounds,
     gram_singular_values,
     singular_value_histogram,
 )
@@ -143,7 +148,10 @@ def map_spectrum(
     ``grid_shift_invert_max``: the square maps whose sigma_min comes from shift-invert
     (:func:`~resnet_dyn.dynamics.spectrum.shift_invert_applies`). ``count_route``: how
     counts are factored (:func:`~resnet_dyn.dynamics.inertia.counted`: ``auto``,
-    ``reduced`` or ``gram``); the route taken is ``stats["count_route"]``.
+    ``reduced`` or ``gram``); the route taken is ``stats["count_route"]``. Counted
+    fractions are exact only where every count is certified (``stats["fractions"] ==
+    "exact"``); otherwise ``"uncertain"``, each fraction the midpoint of
+    ``[stats["<frac>_lo"], stats["<frac>_hi"]]``, the interval its counts allow.
     """
     if method not in METHODS:
         raise ConfigError("method", " | ".join(METHODS), method)
@@ -168,9 +176,12 @@ def map_spectrum(
         if not ok:
             raise ConfigError("method", "auto or slq for this map (count: " + why + ")", method)
         local = local_jacobian(f)  # shared by the gram route's counts and shift-invert
-        counts, route = counted(f, [tol, 1 - tol, 1 + tol], lj=local, route=count_route)
-        stats = fractions_from_counts(*counts, r) | {"method": "count", "fractions": "exact"}
-        stats["count_route"] = route
+        counts = certified_counts(f, [tol, 1 - tol, 1 + tol], lj=local, route=count_route)
+        stats = fraction_bounds(counts, r) | {
+            "method": "count",
+            "fractions": "exact" if counts.exact else "uncertain",
+            "count_route": counts.route,
+        }
         zeros = r - int((~zero_rows(f, seed)).sum().clamp_max(r))
         if zeros >= top_k:  # exact zero rows: sigma_min = 0 with no Lanczos run
             z = torch.zeros(top_k, dtype=torch.float64, device=f.x.device)
@@ -324,7 +335,10 @@ def exact_histogram(
         return f"no exact histogram: {why}"
     hi = max(1.5, 1.02 * float(raw["largest"][:, 0].max()))
     edges = torch.linspace(0.0, hi, bins + 1, dtype=torch.float64)
-    counts = [singular_value_histogram(f, edges) for f in maps]
+    try:
+        counts = [singular_value_histogram(f, edges) for f in maps]
+    except UncertainCounts as e:
+        return f"no exact histogram: {e}"
     raw["hist_edges"] = edges.numpy()
     raw["hist_counts"] = torch.stack(counts).cpu().numpy()
     return ""
