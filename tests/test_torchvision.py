@@ -353,3 +353,15 @@ def test_model_num_classes_must_fit_the_data(tmp_path):
         "train", ["model=torchvision_resnet", "model.num_classes=10", "logger=none"], tmp_path
     )).module.net)  # fmt: skip
     assert net.fc.out_features == 10
+
+
+def test_an_auto_map_too_large_to_count_says_why_in_its_note():
+    torch.manual_seed(0)
+    net = TorchvisionResNet("resnet18", (3, 16, 16), 10, stem="cifar").eval()
+    from resnet_dyn.dynamics import map_spectrum, unit_map, unit_states
+
+    x = unit_states(net, torch.randn(1, 3, 16, 16))[7][0]
+    f = unit_map(net, 7, x, "sum")  # 512 x 2 x 2 = 2048 dimensions
+    stats = map_spectrum(f, dense_max=100, count_max_gflop=1e-6, probes=2, steps=8).stats
+    assert stats["method"].startswith("slq") and stats["fractions"] == "estimated"
+    assert "not counted: a count would take" in stats["note"]

@@ -158,7 +158,10 @@ def map_spectrum(
     if not isinstance(top_k, int) or top_k < 1:
         raise ConfigError("top_k", "a positive integer", top_k)
     if method == "auto" and not full_spectrum and min(f.dim_in, f.dim_out) > dense_max:
-        method = "count" if countable(f, max_gflop=count_max_gflop)[0] else "slq"
+        ok, not_counted = countable(f, max_gflop=count_max_gflop)
+        method = "count" if ok else "slq"
+    else:
+        not_counted = ""
     if method in ("auto", "dense", "coloring"):
         if method != "dense" and coloring_pays(f) and min(f.dim_in, f.dim_out) > SVD_VALUES_MAX:
             # Large conv maps: G = J J^T from J's local kernels, never the dense J.
@@ -253,7 +256,8 @@ def map_spectrum(
         "sigma_max_converged": ok_max,
         "sigma_min_converged": ok_min,
         "converged": ok_max and ok_min,
-        "note": note,
+        # Why an auto map was estimated rather than counted (e.g. the count's GFLOP).
+        "note": "; ".join(n for n in (note, not_counted and f"not counted: {not_counted}") if n),
     }
     return MapSpectrum(stats, None, big.values, small.values)
 
