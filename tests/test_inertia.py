@@ -16,6 +16,7 @@ from torch import nn
 
 from resnet_dyn.dynamics import map_spectrum, stage_map, unit_map, unit_states
 from resnet_dyn.dynamics.inertia import (
+    _gram_flops,
     certified_counts,
     count_below,
     countable,
@@ -26,7 +27,7 @@ from resnet_dyn.dynamics.inertia import (
 )
 from resnet_dyn.dynamics.jacobian import LocalJacobian, local_jacobian
 from resnet_dyn.dynamics.maps import UnitMap
-from resnet_dyn.dynamics.reduced import low_rank_split, why_not
+from resnet_dyn.dynamics.reduced import low_rank_split, reduced_flops, why_not
 from resnet_dyn.dynamics.stats import spectrum_stats
 from resnet_dyn.dynamics.unit_spectra import all_singular_values
 from resnet_dyn.dynamics.window import Window
@@ -240,6 +241,7 @@ def test_reduced_counts_equal_dense_svd_counts_on_trained_units(reducible, net_k
     net = reducible[net_key]
     image = digits_12()[0][3:4]
     actives = []
+    cheaper_seen: list[tuple[str, bool]] = []
     variants = _variants(net, unit)
     if unit != 3:  # few and many active positions: on the cheaper stage-1 unit only
         variants = {k: v for k, v in variants.items() if "active" not in k}
@@ -266,11 +268,14 @@ def test_reduced_counts_equal_dense_svd_counts_on_trained_units(reducible, net_k
             assert cluster >= rows - 2 * split.rank, (name, kind)
             if name == "trained":
                 assert counted(g, thresholds, route="reduced")[0] == expected, kind
-                # "auto": the reduced route for sum maps (and pre-activation units), where
-                # it costs fewer flops; the gram route for unit maps with a ReLU.
+                # "auto": the reduced route for sum and unit maps where it costs fewer
+                # flops than the gram route (whose unknowns are a unit map's active outputs).
                 auto = counted(f, thresholds)
-                reduced = kind == "sum" or net.preact
-                assert auto == (expected, "reduced" if reduced else "gram"), kind
+                cheaper = reduced_flops(split) <= _gram_flops(f, split)
+                assert auto == (expected, "reduced" if cheaper else "gram"), kind
+                cheaper_seen.append((kind, cheaper))
+    if net_key == "post" and unit == 1:  # "auto" takes the reduced route for a unit map here
+        assert ("unit", True) in cheaper_seen, cheaper_seen
     if unit == 3:
         assert min(actives) < 0.3 and max(actives) > 0.7, actives
 
@@ -306,8 +311,8 @@ def test_a_count_that_breaks_what_must_hold_is_recounted_by_the_gram_route(
 
     def planted(terms, coeffs, keep, **kw):  # noqa: ANN001, ANN003
         out = real(terms, coeffs, keep, **kw)
-        if len(terms) != 2:
-            return out
+        if len(terms) != 2 or len(out) < 2:
+            return out  # not the reduced route, or its first, lone count (smallest c)
         # Both counts of the last threshold's bracket, so that the bracket still agrees.
         return [*out[:-2], *(replace(n, negatives=n.negatives - 100) for n in out[-2:])]
 

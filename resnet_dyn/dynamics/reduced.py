@@ -118,11 +118,6 @@ def _parts(f: UnitMap) -> tuple[ResidualUnit, nn.Module, nn.Module, nn.Module] |
     return unit, nn.Sequential(*list(branch)[:i]), branch[i], nn.Sequential(*second)
 
 
-def relu_after_sum(f: UnitMap) -> bool:
-    """Whether ``f`` is a unit map whose sum passes through a ReLU (J = D2 J_sum)."""
-    return any(with_act and isinstance(u.act, nn.ReLU) for u, with_act in f.steps)
-
-
 def why_not(f: UnitMap) -> str:
     """``""`` if :func:`low_rank_split` applies to ``f`` (structurally), else why not."""
     parts = _parts(f)
