@@ -342,6 +342,61 @@ def test_each_count_is_exact_within_its_error_bound(trained) -> None:
             assert lo <= n.negatives <= hi and n.error < 1e-6, (f.index, f.kind, s, n)
 
 
+def test_augmented_counts_are_exact_next_to_singular_values(trained) -> None:
+    """The augmented route, [[0, J], [J^T, 0]] - c I, on the trained net's square maps (a
+    sum map; a unit map, whose zero rows are set aside): thresholds 1e-6 relative below and
+    above the smallest singular value, the median one and the one nearest 1, each count
+    bracketed by shifts -+a with errors below a, both equal to the dense SVD count (the
+    smallest nonzero one: a unit map has exact zeros). The
+    strided stage openers have no augmented operator."""
+    from resnet_dyn.dynamics.inertia import augmented_counts, augmented_operator
+
+    net, image = trained
+    maps = maps_of(net, image)
+    assert augmented_operator(local_jacobian(maps[2])) is None  # unit 1: stride 2
+    for f in (maps[0], maps[1]):
+        lj = local_jacobian(f)
+        sigma = all_singular_values(lj.dense().double())
+        picks = [sigma[sigma > 1e-6].min(), sigma.median(), sigma[(sigma - 1).abs().argmin()]]
+        cs = [float(s) * (1 + e) for s in picks for e in (-1e-6, 1e-6)]
+        a = [0.1e-6 * float(s) for s in picks for _ in (0, 1)]  # a tenth of the gap
+        lo = augmented_counts(lj, cs, [-x for x in a])
+        hi = augmented_counts(lj, cs, a)
+        for c, x, n0, n1 in zip(cs, a, lo, hi, strict=True):
+            expected = int((sigma < c).sum())
+            assert n0.below == n1.below == expected and max(n0.error, n1.error) < x, (
+                f.kind, c, n0, n1, expected)  # fmt: skip
+        # The offset moves the threshold up: from just below each value to just above it.
+        moved = augmented_counts(
+            lj, cs[0::2], [b - a for a, b in zip(cs[0::2], cs[1::2], strict=True)]
+        )
+        assert [n.below for n in moved] == [int((sigma < c).sum()) for c in cs[1::2]]
+
+
+def test_a_threshold_the_gram_route_cannot_certify_is_recounted_on_the_augmented_route(
+    trained, monkeypatch
+) -> None:
+    """Gram-route counts whose error bounds are too large to certify anything (as for a
+    singular value within the gram route's error of c^2) are recounted on the augmented
+    route, which certifies them: counts equal to the dense SVD's, the route says so."""
+    from resnet_dyn.dynamics import inertia
+
+    net, image = trained
+    f = maps_of(net, image)[1]  # unit 0's unit map: zero rows
+    lj = local_jacobian(f)
+    sigma = all_singular_values(lj.dense().double())
+    thresholds = [TOL, 1 - TOL, 1 + TOL]
+    real = inertia.count_below
+
+    def loose(*args, **kw):  # noqa: ANN002, ANN003
+        return [replace(n, error=1.0) for n in real(*args, **kw)]
+
+    monkeypatch.setattr(inertia, "count_below", loose)
+    res = certified_counts(f, thresholds, lj=lj, route="gram")
+    assert res.exact and res.route == "gram+augmented", res
+    assert res.lo == [int((sigma < c).sum()) for c in thresholds]
+
+
 def _flip_one_eigenvalue(monkeypatch, every: int) -> None:  # noqa: ANN001
     """Make the counts' pivot eigensolver flip the sign of the largest eigenvalue of every
     ``every``-th block it returns, as a wrong pivot from a solver failure or a bug would."""

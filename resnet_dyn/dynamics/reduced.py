@@ -175,7 +175,9 @@ def low_rank_split(f: UnitMap) -> LowRankSplit | None:
 # ``K[oi, oj, di, dj, u, v] = A[(u, o), (v, o + d - r)]`` of reach r per axis.
 
 
-def _reach(A: LocalJacobian) -> tuple[int, int]:
+def reach_of(A: LocalJacobian) -> tuple[int, int]:
+    """The reach per grid axis of a stride-1 operator with a symmetric window (ValueError
+    for any other)."""
     if A.window.stride != (1, 1) or A.window.lo != A.window.hi:
         raise ValueError(f"a stride-1 operator with a symmetric window, got {A.window}")
     return A.window.lo
@@ -203,7 +205,7 @@ def _operator(K: torch.Tensor, reach: tuple[int, int], out_c: int, in_c: int) ->
 
 def transpose(A: LocalJacobian) -> LocalJacobian:
     """A^T: ``A^T[p, e] = A[p + e, -e]^T`` (entry (v at p, u at p + e))."""
-    r = _reach(A)
+    r = reach_of(A)
     K = A.kernels
     out = torch.zeros_like(K.transpose(-1, -2))
     for di in range(2 * r[0] + 1):
@@ -216,7 +218,7 @@ def transpose(A: LocalJacobian) -> LocalJacobian:
 
 def product(A: LocalJacobian, B: LocalJacobian) -> LocalJacobian:
     """A B, of reach r_A + r_B: ``(AB)[o, e1 + e2] += A[o, e1] B[o + e1, e2]``."""
-    ra, rb = _reach(A), _reach(B)
+    ra, rb = reach_of(A), reach_of(B)
     if A.in_shape != B.out_shape:
         raise ValueError(f"A's columns {tuple(A.in_shape)} != B's rows {tuple(B.out_shape)}")
     h, w, kai, kaj, cu, _ = A.kernels.shape
@@ -235,10 +237,12 @@ def product(A: LocalJacobian, B: LocalJacobian) -> LocalJacobian:
 def _mask_rows(A: LocalJacobian, mask: torch.Tensor) -> LocalJacobian:
     """diag(mask) A: rows of A (output positions) where ``mask`` (c, h, w) is False are 0."""
     m = mask.permute(1, 2, 0).to(A.kernels.dtype)[:, :, None, None, :, None]
-    return _operator(A.kernels * m, _reach(A), A.out_shape[0], A.in_shape[0])
+    return _operator(A.kernels * m, reach_of(A), A.out_shape[0], A.in_shape[0])
 
 
-def _blocks(P: Sequence[Sequence[LocalJacobian | None]], r: tuple[int, int]) -> LocalJacobian:
+def block_operator(
+    P: Sequence[Sequence[LocalJacobian | None]], r: tuple[int, int]
+) -> LocalJacobian:
     """A block operator ``[[P00, P01], [P10, P11]]`` (None: zero) as one operator whose
     channels are the blocks' channels in order, at reach r (smaller blocks centred)."""
     rows = [next(b for b in row if b is not None).out_shape[0] for row in P]
@@ -251,7 +255,7 @@ def _blocks(P: Sequence[Sequence[LocalJacobian | None]], r: tuple[int, int]) -> 
         for j, b in enumerate(row):
             if b is None:
                 continue
-            (bi, bj), (u0, v0) = _reach(b), (sum(rows[:i]), sum(cols[:j]))
+            (bi, bj), (u0, v0) = reach_of(b), (sum(rows[:i]), sum(cols[:j]))
             out[:, :, r[0] - bi : r[0] + bi + 1, r[1] - bj : r[1] + bj + 1,
                 u0 : u0 + rows[i], v0 : v0 + cols[j]] = b.kernels  # fmt: skip
     return _operator(out, r, sum(rows), sum(cols))
@@ -295,12 +299,12 @@ def reduced_pencil(split: LowRankSplit) -> ReducedPencil:
     LtL, LtR, RtR = product(Lt, L), product(Lt, R), product(Rt, R)
     P = RtR if P is None else P
     c_h = C.out_shape[0]
-    r = _reach(LtL)
+    r = reach_of(LtL)
     inv_a = _identity(c_h, C.kernels)
     inv_a.kernels.mul_(-1 / a)
-    p_term = _operator(P.kernels / a**2, _reach(P), c_h, c_h)
-    N0 = _blocks([[None, inv_a], [inv_a, p_term]], r)
-    N1 = _blocks([[LtL, LtR], [transpose(LtR), RtR]], r)
+    p_term = _operator(P.kernels / a**2, reach_of(P), c_h, c_h)
+    N0 = block_operator([[None, inv_a], [inv_a, p_term]], r)
+    N1 = block_operator([[LtL, LtR], [transpose(LtR), RtR]], r)
     N1.kernels.neg_()
     active = split.active.reshape(-1)
     n = C.in_shape.numel()
@@ -312,6 +316,6 @@ def reduced_flops(split: LowRankSplit, leaf: int = 512) -> float:
     """Floating-point operations of one reduced count: the fronts of the nested dissection
     of X over its active unknowns (pivot factorizations, solves and Schur updates)."""
     c, h, w = split.active.shape
-    (ci, cj), (bi, bj) = _reach(split.C), _reach(split.B)
+    (ci, cj), (bi, bj) = reach_of(split.C), reach_of(split.B)
     unknowns = 2 * split.active.reshape(c, h * w).sum(0)  # both halves of X at each pixel
     return dissection_flops(h, w, (ci + bi, cj + bj), 2 * c, leaf, unknowns)
