@@ -299,7 +299,9 @@ def reduced_pencil(split: LowRankSplit) -> ReducedPencil:
     LtL, LtR, RtR = product(Lt, L), product(Lt, R), product(Rt, R)
     P = RtR if P is None else P
     c_h = C.out_shape[0]
-    r = reach_of(LtL)
+    # The widest block sets the reach: P = C C^T is wider than L^T L where B is 1x1.
+    reaches = [reach_of(b) for b in (LtL, LtR, RtR, P)]
+    r = (max(e[0] for e in reaches), max(e[1] for e in reaches))
     inv_a = _identity(c_h, C.kernels)
     inv_a.kernels.mul_(-1 / a)
     p_term = _operator(P.kernels / a**2, reach_of(P), c_h, c_h)
@@ -318,4 +320,5 @@ def reduced_flops(split: LowRankSplit, leaf: int = 512) -> float:
     c, h, w = split.active.shape
     (ci, cj), (bi, bj) = reach_of(split.C), reach_of(split.B)
     unknowns = 2 * split.active.reshape(c, h * w).sum(0)  # both halves of X at each pixel
-    return dissection_flops(h, w, (ci + bi, cj + bj), 2 * c, leaf, unknowns)
+    reach = (2 * max(ci, bi), 2 * max(cj, bj))  # the pencil's reach (see reduced_pencil)
+    return dissection_flops(h, w, reach, 2 * c, leaf, unknowns)
