@@ -126,6 +126,9 @@ EPS = float(torch.finfo(torch.float64).eps)
 # 0.1 k eps ||F|| and ||V^T V - I|| below 0.8 k eps; the eigenvectors' term enters the
 # bound next to a sqrt(k) times larger rounding term (E2 in the module docstring).
 EIG_BACKWARD = 1.0
+# A front's pivot directions with |lambda| below this share of its largest are delayed
+# to the parent front (negative_eigenvalues).
+DELAY_RTOL = 1e-4
 
 
 @dataclass(frozen=True)
@@ -299,6 +302,7 @@ def negative_eigenvalues(
     shift: torch.Tensor | None = None,
     leaf: int = 512,
     entry_rtol: float = 0.0,
+    delay_rtol: float = DELAY_RTOL,
 ) -> list[Inertia]:
     """Negative eigenvalues of ``A_j = sum_t coeffs[j, t] terms[t] - shift[j] I``
     restricted to the unknowns ``keep`` (bool over (channel, pixel)), for each row j of
@@ -329,15 +333,19 @@ def negative_eigenvalues(
     d = sum(coeffs[:, t, None].abs() * _diagonal(term).abs() for t, term in enumerate(terms))
     negatives = torch.zeros(ns, dtype=torch.long, device=dev)
     error = torch.zeros(ns, dtype=torch.float64, device=dev)
-    # Schur complements on a front's halo (one per shift) wait for the parent front.
-    stack: list[tuple[torch.Tensor, torch.Tensor]] = []
+    # Schur complements on a front's halo (one per shift) wait for the parent front, with
+    # the pivot directions delayed to it: (halo unknowns, matrix over [delayed; halo], d).
+    stack: list[tuple[torch.Tensor, torch.Tensor, int]] = []
     for sep_pix, halo_pix, children in dissection(h, w, ref.window.lo, c, leaf, device=dev):
         s_all = (chan + sep_pix[None, :]).flatten()
         b_all = (chan + halo_pix[None, :]).flatten()
         ks, kb = keep[s_all], keep[b_all]
         s, b = s_all[ks], b_all[kb]
-        k, m = s.numel(), b.numel()
-        idx = torch.cat([s, b])
+        k0, m = s.numel(), b.numel()
+        pending = [stack.pop() for _ in range(children)]
+        # The children's delayed directions join this front's pivot block, after its own.
+        delayed = sum(dc for _, _, dc in pending)
+        k = k0 + delayed
         # All rows of coeffs at once, as a batch: one set of gathers and batched LAPACK calls.
         # The terms' columns at the separator, rows at separator and halo, in one gather
         # each: pixel_block orders rows (channel, pixel) over sep_pix + halo_pix.
@@ -348,33 +356,43 @@ def negative_eigenvalues(
         cols = ks.nonzero().flatten()
         both = torch.cat([sep_pix, halo_pix])
         T = torch.stack([t.pixel_block(both, sep_pix)[rows[:, None], cols] for t in terms])
-        F = ref.kernels.new_empty(ns, k + m, k + m)
-        # F_SB is read as F_BS^T: the block above F_BB is never used.
-        F[:, :, :k] = torch.tensordot(coeffs, T, dims=1)
-        if shift is not None:
-            F[:, :k, :k].diagonal(dim1=1, dim2=2).sub_(shift[:, None])
-        F[:, k:, k:] = 0
+        F = ref.kernels.new_zeros(ns, k + m, k + m) if delayed else ref.kernels.new_empty(
+            ns, k + m, k + m
+        )
+        # F_SB is read as F_BS^T: the block above F_BB is never used. Front order:
+        # separator, delayed directions, halo.
+        grid = torch.cat([torch.arange(k0, device=dev), torch.arange(k, k + m, device=dev)])
+        part = torch.tensordot(coeffs, T, dims=1)
+        if delayed:
+            F[:, grid, :k0] = part
+        else:
+            F[:, :, :k] = part
+        if shift is not None:  # the delayed directions come shifted already
+            F[:, :k0, :k0].diagonal(dim1=1, dim2=2).sub_(shift[:, None])
+        if not delayed:
+            F[:, k:, k:] = 0
         tr_s, tr_b = d[:, s].sum(1), d[:, b].sum(1)
         error += entry_rtol * torch.sqrt(2 * tr_s * (tr_s + tr_b))  # (1) the entries
-        pos[idx] = torch.arange(k + m, device=dev)
+        pos[s] = torch.arange(k0, device=dev)
+        pos[b] = torch.arange(k, k + m, device=dev)
         flat = F.view(ns, -1)
         added = torch.zeros(ns, dtype=torch.float64, device=dev)
-        for _ in range(children):  # extend-add: children's halos lie in this front
-            vars_, upd = stack.pop()
-            p = pos[vars_]
+        slot = k0
+        for vars_, upd, dc in pending:  # extend-add: children's halos lie in this front
+            p = torch.cat([torch.arange(slot, slot + dc, device=dev), pos[vars_]])
+            slot += dc
             flat.index_add_(1, (p[:, None] * (k + m) + p[None, :]).flatten(), upd.view(ns, -1))
             added += _fro(upd)
-        pos[idx] = -1
+        pos[s], pos[b] = -1, -1
         F_ss, F_bs, F_bb = F[:, :k, :k], F[:, k:, :k], F[:, k:, k:]
         n_bs, n_bb = _fro(F_bs), _fro(F_bb)
         # (2) the sums that assembled the front: terms, shift and children's updates.
         n_front = torch.sqrt(_fro(F_ss) ** 2 + 2 * n_bs**2 + n_bb**2)
         error += (len(terms) + 2 + children) * EPS * (n_front + added)
         if not k:
-            stack.append((b, F_bb.contiguous()))
+            stack.append((b, F_bb.contiguous(), 0))
             continue
         lam, V = _pivot_eigh(F_ss)
-        negatives += (lam < 0).sum(1)
         g = _gamma(k)
         # (3) eigh: exact for F_ss + E; V within EIG_BACKWARD * g of an orthogonal Q.
         e1 = EIG_BACKWARD * g * lam.abs().amax(1)
@@ -387,21 +405,46 @@ def negative_eigenvalues(
         bad = wrong | (lam == 0).any(1) | ~torch.isfinite(lam).all(1)
         error = torch.where(bad, math.inf, error)
         if not m:
+            negatives += (lam < 0).sum(1)
             continue
         Wt = F_bs @ V  # W^T = F_bs V, (ns, m, k)
         # (4) W = Q^T F_sb' exactly for an F_sb' this close to F_sb (V - Q and rounding).
         # ||F_bs||_2 <= || |F_bs| ||_2, bounded as in (5) (its Frobenius norm is looser).
         sb_norm = _nonnegative_gram_norm(F_bs.abs()).sqrt()
         error += 2 * (EIG_BACKWARD * g + g * math.sqrt(k)) * sb_norm
-        Z = Wt / torch.where(lam == 0, 1.0, lam)[:, None, :]  # (Lambda^-1 W)^T
+        # Directions whose eigenvalue is small against the block's are not eliminated
+        # here (their Lambda^-1 would grow the Schur complement): in the basis Q the front
+        # is [[Lambda, W], [W^T, F_bb]], and the rows of Lambda_S go to the parent as
+        # unknowns of its pivot block, with W_S their coupling to the halo. The same
+        # number per shift (the most any shift needs), the smallest |lambda| of each.
+        small = lam.abs() < delay_rtol * lam.abs().amax(1, keepdim=True)
+        dn = min(int(small.sum(1).max()), k - 1) if delay_rtol > 0 else 0
+        lam_l, Wt_l = lam, Wt
+        if dn:
+            order = lam.abs().argsort(1, descending=True)
+            elim, late = order[:, : k - dn], order[:, k - dn :]
+            lam_l = lam.gather(1, elim)
+            Wt_l = Wt.gather(2, elim[:, None, :].expand(ns, m, k - dn))
+        negatives += (lam_l < 0).sum(1)
+        lam_l = torch.where(lam_l == 0, 1.0, lam_l)  # a zero made the error infinite above
+        Z = Wt_l / lam_l[:, None, :]  # (Lambda_L^-1 W_L)^T
         for j in range(ns):
-            _symmetric_update(F_bb[j], Wt[j], Z[j].mT)
+            _symmetric_update(F_bb[j], Wt_l[j], Z[j].mT)
         # (5) the update's products and difference: elementwise within gamma |W^T| |Z^T|^T
         # = gamma |W^T| |Lambda|^-1 |W^T|^T, whose 2-norm is bounded without the slack of
         # Frobenius norms (10-100x on trained units) by _nonnegative_gram_norm.
-        scaled = Wt.abs() * torch.where(lam == 0, 1.0, lam).abs().rsqrt()[:, None, :]
+        scaled = Wt_l.abs() * lam_l.abs().rsqrt()[:, None, :]
         error += _gamma(k + 2) * _nonnegative_gram_norm(scaled) + EPS * n_bb
-        stack.append((b, F_bb.contiguous()))
+        if not dn:
+            stack.append((b, F_bb.contiguous(), 0))
+            continue
+        carried = F.new_zeros(ns, dn + m, dn + m)
+        carried[:, :dn, :dn] = torch.diag_embed(lam.gather(1, late))
+        Wt_s = Wt.gather(2, late[:, None, :].expand(ns, m, dn))
+        carried[:, dn:, :dn] = Wt_s
+        carried[:, :dn, dn:] = Wt_s.mT
+        carried[:, dn:, dn:] = F_bb
+        stack.append((b, carried, dn))
     return [
         Inertia(nv, er)
         for nv, er in zip(
