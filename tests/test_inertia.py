@@ -456,7 +456,7 @@ def test_delayed_pivots_keep_counts_exact_where_static_pivots_grow(monkeypatch) 
     """A random-init unit (BatchNorm statistics warmed, dead ReLUs) counted at small c on
     the reduced route: eliminating every pivot direction where it arises leaves nearly
     singular pivots whose inverse grows the Schur complements (error bound ~1e-6);
-    delaying the small directions to the parent front keeps the bound ~1000x smaller, and
+    delaying the small directions to the parent front keeps the bound ~350x smaller, and
     the counts equal dense SVD counts at thresholds next to the smallest singular values."""
     from functools import partial
 

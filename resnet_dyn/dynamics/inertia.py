@@ -364,23 +364,18 @@ def negative_eigenvalues(
         cols = ks.nonzero().flatten()
         both = torch.cat([sep_pix, halo_pix])
         T = torch.stack([t.pixel_block(both, sep_pix)[rows[:, None], cols] for t in terms])
-        F = (
-            ref.kernels.new_zeros(ns, k + m, k + m)
-            if delayed
-            else ref.kernels.new_empty(ns, k + m, k + m)
-        )
-        # F_SB is read as F_BS^T: the block above F_BB is never used. Front order:
-        # separator, delayed directions, halo.
-        grid = torch.cat([torch.arange(k0, device=dev), torch.arange(k, k + m, device=dev)])
+        # Front order: separator, delayed directions, halo. F_SB is read as F_BS^T: the
+        # block above F_BB is never used.
         part = torch.tensordot(coeffs, T, dims=1)
-        if delayed:
-            F[:, grid, :k0] = part
+        if delayed:  # the delayed directions' rows and columns hold only children's updates
+            F = ref.kernels.new_zeros(ns, k + m, k + m)
+            F[:, :k0, :k0], F[:, k:, :k0] = part[:, :k0], part[:, k0:]
         else:
+            F = ref.kernels.new_empty(ns, k + m, k + m)
             F[:, :, :k] = part
+            F[:, k:, k:] = 0
         if shift is not None:  # the delayed directions come shifted already
             F[:, :k0, :k0].diagonal(dim1=1, dim2=2).sub_(shift[:, None])
-        if not delayed:
-            F[:, k:, k:] = 0
         tr_s, tr_b = d[:, s].sum(1), d[:, b].sum(1)
         error += entry_rtol * torch.sqrt(2 * tr_s * (tr_s + tr_b))  # (1) the entries
         pos[s] = torch.arange(k0, device=dev)
@@ -428,7 +423,7 @@ def negative_eigenvalues(
         # unknowns of its pivot block, with W_S their coupling to the halo. The same
         # number per shift (the most any shift needs), the smallest |lambda| of each.
         small = lam.abs() < delay_rtol * lam.abs().amax(1, keepdim=True)
-        dn = min(int(small.sum(1).max()), k - 1) if delay_rtol > 0 else 0
+        dn = min(int(small.sum(1).max()), k - 1)
         lam_l, Wt_l = lam, Wt
         if dn:
             order = lam.abs().argsort(1, descending=True)
