@@ -299,6 +299,30 @@ def test_statistics_on_a_known_spectrum() -> None:
     assert both["x_err"] == pytest.approx(0.35)  # a bias bar does not shrink over images
 
 
+def test_maps_analysed_side_by_side_give_what_one_at_a_time_gives() -> None:
+    """analyze_units(workers=2) runs maps on two threads: every summary, raw array and
+    per-image record is the one workers=1 gives, in the units' order; a bad count of
+    workers is one error naming the key."""
+    net = cifar(depth=8)
+    images = torch.randn(2, 3, 12, 12)
+    runs, calls = {}, {1: [], 2: []}
+    for w in (1, 2):
+        runs[w] = analyze_units(net, images, units=[0, 1, 2], dense_max=1500, workers=w,
+                                progress=lambda *a, w=w: calls[w].append(a))  # fmt: skip
+    assert calls[1] == calls[2] == [(1, 3), (2, 3), (3, 3)]
+    assert [r["name"] for r in runs[2]] == ["unit00", "unit01", "unit02"]
+    assert {"count+shift_invert", "coloring+gram"} <= {r["sum"]["method"] for r in runs[2]}
+    for one, two in zip(runs[1], runs[2], strict=True):
+        for kind in ("sum", "unit"):
+            assert one[kind] == two[kind]
+            assert one["raw"][kind]["per_image"] == two["raw"][kind]["per_image"]
+            assert len(two["raw"][kind]["seconds"]) == 2
+    a1, a2 = spectra_arrays(runs[1]), spectra_arrays(runs[2])
+    assert a1.keys() == a2.keys() and all(np.array_equal(a1[k], a2[k]) for k in a1)
+    with pytest.raises(ConfigError, match="workers"):
+        analyze_units(net, images, units=[0], workers=0)
+
+
 def test_analyze_units_and_stages_report_methods_and_raw_spectra() -> None:
     net = cifar(depth=8)
     images = torch.randn(2, 3, 12, 12)

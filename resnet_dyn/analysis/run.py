@@ -217,7 +217,7 @@ def compute_spectra(
         hist = a["histogram"]
         units = analyze_units(
             net, images, a["units"], unit_maps, progress=progress,
-            histogram=hist["units"], bins=hist["bins"], **options,
+            histogram=hist["units"], bins=hist["bins"], workers=a["workers"], **options,
         )  # fmt: skip
     stages = (
         analyze_stages(net, images, progress=progress, **options) if "stage" in a["maps"] else []

@@ -130,6 +130,8 @@ def check_analysis_config(acfg: DictConfig | dict, num_units: int) -> dict[str, 
     check_tol("analysis.tol", a["tol"])
     check_int("analysis.top_k", a["top_k"], 1)
     check_choice("analysis.dtype", a["dtype"], tuple(DTYPES))
+    workers = a.get("workers", 1)  # absent from configs written before it existed
+    check_int("analysis.workers", workers, 1)
     hist = a["histogram"]
     if hist["units"] != []:
         check_units("analysis.histogram.units", hist["units"], num_units)
@@ -161,6 +163,7 @@ def check_analysis_config(acfg: DictConfig | dict, num_units: int) -> dict[str, 
         "intervention": {**iv, "units": changed},
         "perturbation": perturbation,
         "solver": solver,
+        "workers": workers,
     }
 
 

@@ -23,6 +23,7 @@ map without its zeros, as one kernel per output pixel (:class:`LocalJacobian`).
 from __future__ import annotations
 
 import math
+import threading
 import warnings
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -35,6 +36,10 @@ from resnet_dyn.dynamics.window import NonLocalMap, Window, local_window
 from resnet_dyn.errors import ConfigError
 
 Batched = Callable[[torch.Tensor], torch.Tensor]
+
+# Forward-mode AD levels are global to a process: maps analysed on several threads
+# (analyze_units' workers) take turns at every JVP and VJP (their eliminations do not).
+AD_LOCK = threading.RLock()
 
 # Forward-mode AD keeps no tape: a tangent costs its input, its output and a few
 # live intermediates of the largest state.
@@ -52,21 +57,31 @@ def jvp_op(f: UnitMap, *, repeated: bool = False) -> Batched:
     """
     g = f.folded()
     if not repeated:
-        return vmap(lambda t: jvp(g, (g.x,), (t,))[1])
-    with warnings.catch_warnings():
+        return _in_turn(vmap(lambda t: jvp(g, (g.x,), (t,))[1]))
+    with warnings.catch_warnings(), AD_LOCK:
         # torch's constant folding of the traced graph warns about its own attributes.
         warnings.filterwarnings("ignore", "Attempted to insert a get_attr Node", UserWarning)
         _, linear = linearize(g, g.x)
-    return vmap(linear)
+    return _in_turn(vmap(linear))
 
 
 def vjp_op(f: UnitMap) -> Batched:
     """(b, *out_shape) cotangents -> (b, *in_shape) products J^T u (forward pass done once,
     of ``f.folded()``)."""
     g = f.folded()
-    with torch.no_grad():
+    with torch.no_grad(), AD_LOCK:
         _, pull = vjp(g, g.x)
-    return vmap(lambda u: pull(u)[0])
+    return _in_turn(vmap(lambda u: pull(u)[0]))
+
+
+def _in_turn(op: Batched) -> Batched:
+    """``op`` holding :data:`AD_LOCK`."""
+
+    def run(t: torch.Tensor) -> torch.Tensor:
+        with AD_LOCK:
+            return op(t)
+
+    return run
 
 
 def chunk_for(f: UnitMap, memory_mb: float, chunk_size: int | None = None) -> int:

@@ -62,7 +62,7 @@ import torch
 from torch import nn
 
 from resnet_dyn.dynamics.gridlu import dissection_flops
-from resnet_dyn.dynamics.jacobian import LocalJacobian, local_jacobian
+from resnet_dyn.dynamics.jacobian import AD_LOCK, LocalJacobian, local_jacobian
 from resnet_dyn.dynamics.maps import UnitMap
 from resnet_dyn.dynamics.window import NonLocalMap, Window, local_window
 from resnet_dyn.models.base import ResidualUnit
@@ -154,7 +154,8 @@ def low_rank_split(f: UnitMap) -> LowRankSplit | None:
     if z.dim() != 3 or z.shape[1:] != x.shape[1:]:
         return None
     # D = act'(z) elementwise, from one JVP with a tangent of ones.
-    _, d = torch.func.jvp(act, (z,), (torch.ones_like(z),))
+    with AD_LOCK:
+        _, d = torch.func.jvp(act, (z,), (torch.ones_like(z),))
     first_map, second_map = _sub_map(first, x, f.index), _sub_map(second, act(z), f.index)
     try:
         C, B = local_jacobian(first_map), local_jacobian(second_map)

@@ -63,7 +63,9 @@ from __future__ import annotations
 
 import copy
 import math
-from collections.abc import Callable, Iterable, Sequence
+import time
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any
 
@@ -313,17 +315,54 @@ def _prepared(
     return net, images.to(device=param.device, dtype=dtype)
 
 
-def _record(maps: Sequence[UnitMap], options: dict) -> tuple[dict, dict]:
-    """Summary over images and raw per-image arrays of one map kind."""
-    per = [map_spectrum(f, **options) for f in maps]
+def _record(timed: Sequence[tuple[MapSpectrum, float]]) -> tuple[dict, dict]:
+    """Summary over images and raw per-image arrays of one map kind (each image's
+    spectrum with the seconds it took)."""
+    per = [p for p, _ in timed]
     raw = {
         "largest": torch.stack([p.largest for p in per]).cpu().numpy(),
         "smallest": torch.stack([p.smallest for p in per]).cpu().numpy(),
         "per_image": [p.stats for p in per],
+        "seconds": [s for _, s in timed],
     }
     if per[0].sigma is not None:
         raw["sigma"] = torch.stack([p.sigma for p in per]).cpu().numpy()
     return summarize_images([p.stats for p in per]), raw
+
+
+Job = tuple[int, str, int]  # (unit, map kind, image)
+
+
+def _timed(f: UnitMap, options: dict) -> tuple[MapSpectrum, float]:
+    t0 = time.perf_counter()
+    spectrum = map_spectrum(f, **options)
+    return spectrum, time.perf_counter() - t0
+
+
+def _spectra(
+    net: ResidualNet, states: list[torch.Tensor], jobs: list[Job], options: dict, workers: int
+) -> Iterator[tuple[MapSpectrum, float]]:
+    """Each job's spectrum and seconds, in the jobs' order: ``workers`` at a time, on
+    threads that share this process's torch threads (torch releases the GIL in its
+    kernels, and a map's work is nearly all kernels)."""
+
+    def run(job: Job) -> tuple[MapSpectrum, float]:
+        k, kind, i = job
+        return _timed(unit_map(net, k, states[k][i], kind), options)
+
+    if workers == 1:
+        yield from map(run, jobs)
+        return
+    threads = torch.get_num_threads()
+    torch.set_num_threads(max(1, threads // workers))
+    pool = ThreadPoolExecutor(workers, thread_name_prefix="maps")
+    try:
+        futures = [pool.submit(run, job) for job in jobs]
+        for future in futures:
+            yield future.result()
+    finally:  # an error, or a caller that stops early: what is queued is not run
+        pool.shutdown(wait=True, cancel_futures=True)
+        torch.set_num_threads(threads)
 
 
 def exact_histogram(
@@ -358,17 +397,22 @@ def analyze_units(
     progress: Progress | None = None,
     histogram: str | Iterable[int] = (),
     bins: int = 40,
+    workers: int = 1,
     **options: Any,
 ) -> list[dict]:
     """Spectral statistics of the ``maps`` ("sum", "unit") of ``units`` at each of ``images``.
 
     Returns per unit ``{"name": "unit03", "index", "stage", "dim_in", "dim_out",
-    <map>: summary, "raw": {<map>: {"sigma"?, "largest", "smallest", "per_image"}}}``.
+    <map>: summary, "raw": {<map>: {"sigma"?, "largest", "smallest", "per_image",
+    "seconds"}}}`` (``seconds``: each image's, for that map).
     ``dtype`` ("float32"/"float64") runs a converted copy of ``net``; the analysis runs
     on the model's device. ``progress(done, total)`` is called after each unit.
     ``histogram`` (unit indices or "all"): units whose maps without a full spectrum get
     exact histograms of ``bins`` bins (:func:`exact_histogram`; a reason in the summary's
-    ``note`` where none could be counted). ``options`` go to :func:`map_spectrum`.
+    ``note`` where none could be counted). ``workers``: maps computed side by side, on
+    threads that split this process's torch threads (a model on a GPU: one at a time): a
+    map's small eliminations keep several cores only partly busy. ``options`` go to
+    :func:`map_spectrum`.
     """
     check_eval(net)
     idx = _select(units, len(net.units), "units")
@@ -376,15 +420,21 @@ def analyze_units(
     maps = tuple(maps)
     if not maps or any(m not in ("sum", "unit") for m in maps):
         raise ConfigError("maps", "sum and/or unit (stage maps: analyze_stages)", maps)
+    if not isinstance(workers, int) or isinstance(workers, bool) or workers < 1:
+        raise ConfigError("workers", "a number of maps at a time >= 1", workers)
     net, images = _prepared(net, images, dtype)
+    workers = workers if images.device.type == "cpu" else 1  # one device: one map at a time
     states = unit_states(net, images)
+    n = images.shape[0]
+    jobs = [(k, kind, i) for k in idx for kind in maps for i in range(n)]
+    found = _spectra(net, states, jobs, options, workers)
     results = []
     for done, k in enumerate(idx, 1):
         x = states[k]
         entry: dict = {"name": f"unit{k:02d}", "index": k, "stage": net.units[k].stage, "raw": {}}
         for kind in maps:
-            fs = [unit_map(net, k, x[i], kind) for i in range(x.shape[0])]
-            entry[kind], entry["raw"][kind] = _record(fs, options)
+            fs = [unit_map(net, k, x[i], kind) for i in range(n)]
+            entry[kind], entry["raw"][kind] = _record([next(found) for _ in range(n)])
             if k in histogrammed and "sigma" not in entry["raw"][kind]:
                 budget = options.get("count_max_gflop", COUNT_MAX_GFLOP)
                 why = exact_histogram(fs, entry["raw"][kind], bins, budget)
@@ -419,7 +469,7 @@ def analyze_stages(
         units = net.stage_units(s)
         x = states[units[0]]
         fs = [stage_map(net, s, x[i]) for i in range(x.shape[0])]
-        summary, raw = _record(fs, options)
+        summary, raw = _record([_timed(f, options) for f in fs])
         results.append(
             {
                 "name": f"stage{s}",
