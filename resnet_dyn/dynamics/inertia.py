@@ -64,9 +64,11 @@ with nothing to show for it. So no count is taken on trust:
    they agree they are it: a certified count. On the gram route A is ``G - c^2 I`` (a on
    sigma^2); on the reduced route the pencil ``|delta| X``, whose inertia gives the count.
    Where the two counts differ, an eigenvalue lies within ``a + error`` of the shift: the
-   count is only known to lie between them. A count of 0 at ``+a`` certifies
-   ``#{sigma < c} = 0`` by itself. The two counts of a bracket share the eigendecompositions
-   of their leaf fronts, which differ by ``2a I``.
+   count is only known to lie between them. The smallest threshold is counted at ``+a``
+   first: a count of 0 there certifies ``#{sigma < c} = 0`` in one elimination (frac_zero
+   of a trained net's sum maps, and of a random-init ResNet-56's stage-1 ones). The two
+   counts of a bracket counted together share the eigendecompositions of their leaf
+   fronts, which differ by ``2a I``.
 3. *Recounts.* What is not certified is counted again on the gram route, on the
    augmented route (``[[0, J], [J^T, 0]] - c I``, whose gap at a small c is ``sigma - c``
    where the gram route's is ``~2 c (sigma - c)``: :func:`augmented_counts`), on the gram
@@ -734,22 +736,24 @@ def _bracketed(
     where the two counts differ and the errors allow a bracket under half as wide, it is
     tried again at twice the larger error, up to ``BRACKET_ROUNDS`` brackets in all.
 
-    All first brackets are one batch: the two counts of a bracket share their leaf
-    fronts' eigendecompositions there (:func:`negative_eigenvalues`), and one pass of ``n``
-    shifts costs less than two passes of ``1`` and ``n - 1`` (~0.6 s less on a 16x32x32
-    sum map). Where the smallest threshold's ``+a`` count is 0 (within its error), no
-    value lies below, and that count certifies it whatever the ``-a`` count's error
-    (the usual case for ``frac_zero`` of a unit without dead directions). With
-    ``leave_unsure_smallest``, where that ``+a`` count's error exceeded a, the smallest
-    threshold is not tried again: it is left (None) to the caller's next route (the
-    reduced pencil at c << |alpha| is ill-conditioned where J has a singular value below
-    c: errors of 1e-5 against 1e-8 on the gram route, measured on a ResNet-56's stage-0
-    sum maps with static pivots; 4e-8 with delayed pivots)."""
+    The smallest threshold is counted at ``+a`` first, alone: where that count is 0
+    (within its error), no value lies below, and that one elimination certifies it (the
+    usual case for ``frac_zero``); otherwise its ``-a`` count joins the next pass, unless
+    ``leave_unsure_smallest`` and that count's error exceeded a: then it is left (None)
+    to the caller's next route (the reduced pencil at c << |alpha| is ill-conditioned
+    where J has a singular value below c: errors of 1e-5 against 1e-8 on the gram route,
+    measured on a ResNet-56's stage-0 sum maps with static pivots; 4e-8 with delayed
+    pivots)."""
     out: list[tuple[int, int] | None] = [None] * len(thresholds)
     a = list(widths)
     done: dict[tuple[int, float], Count | None] = {}  # (threshold, offset) -> its count
     first = min(range(len(thresholds)), key=lambda i: thresholds[i])
-    todo = list(range(len(thresholds)))
+    (upper,) = count([thresholds[first]], [a[first]])
+    done[(first, a[first])] = upper
+    if upper is not None and upper.below == 0 and upper.error <= a[first]:
+        out[first] = (0, 0)
+    unsure = leave_unsure_smallest and (upper is None or upper.error > a[first])
+    todo = [i for i in range(len(thresholds)) if out[i] is None and not (unsure and i == first)]
     for _ in range(BRACKET_ROUNDS):
         wanted = [(i, x) for i in todo for x in (-a[i], a[i]) if (i, x) not in done]
         if wanted:
@@ -758,11 +762,6 @@ def _bracketed(
         again = []
         for i in todo:
             lo, hi = done[(i, -a[i])], done[(i, a[i])]
-            if hi is not None and hi.below == 0 and hi.error <= a[i]:
-                out[i] = (0, 0)
-                continue
-            if i == first and leave_unsure_smallest and (hi is None or hi.error > a[i]):
-                continue
             if lo is None or hi is None:
                 continue
             worst = max(lo.error, hi.error)
