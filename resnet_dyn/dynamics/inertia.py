@@ -347,14 +347,14 @@ def negative_eigenvalues(
     # Rows of coeffs that agree (a bracket's -a and +a) give leaf fronts that differ by
     # a multiple of I: one eigh and one W per such group at the leaves (reps: the first
     # row of each group; group: each row's).
-    first_of: dict[tuple[float, ...], int] = {}
-    for j, row in enumerate(coeffs.tolist()):
-        first_of.setdefault(tuple(row), j)
-    reps = list(first_of.values())
-    group = torch.tensor([reps.index(first_of[tuple(row)]) for row in coeffs.tolist()], device=dev)
+    rows = [tuple(row) for row in coeffs.tolist()]
+    distinct = list(dict.fromkeys(rows))
+    reps = [rows.index(row) for row in distinct]
+    group = torch.tensor([distinct.index(row) for row in rows], device=dev)
     gap = torch.zeros(ns, dtype=coeffs.dtype, device=dev)  # shift of the group's row - own
     if shift is not None:
-        gap = shift.to(coeffs.dtype)[reps][group] - shift.to(coeffs.dtype)
+        own = shift.to(coeffs.dtype)
+        gap = own[reps][group] - own
     # Schur complements on a front's halo (one per shift) wait for the parent front, with
     # the pivot directions delayed to it: (halo unknowns, matrix over [delayed; halo], d).
     stack: list[tuple[torch.Tensor, torch.Tensor, int]] = []

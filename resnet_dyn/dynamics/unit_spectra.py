@@ -96,7 +96,7 @@ from resnet_dyn.dynamics.spectrum import (
 )
 from resnet_dyn.dynamics.stats import FRACTIONS, condition, quadrature_fractions, spectrum_stats
 from resnet_dyn.dynamics.stats import summarize as summarize_images
-from resnet_dyn.errors import ConfigError
+from resnet_dyn.errors import ConfigError, check_int
 from resnet_dyn.models.base import ResidualNet
 
 METHODS = ("auto", "dense", "coloring", "count", "lanczos", "slq")
@@ -420,8 +420,7 @@ def analyze_units(
     maps = tuple(maps)
     if not maps or any(m not in ("sum", "unit") for m in maps):
         raise ConfigError("maps", "sum and/or unit (stage maps: analyze_stages)", maps)
-    if not isinstance(workers, int) or isinstance(workers, bool) or workers < 1:
-        raise ConfigError("workers", "a number of maps at a time >= 1", workers)
+    check_int("workers", workers, 1)
     net, images = _prepared(net, images, dtype)
     workers = workers if images.device.type == "cpu" else 1  # one device: one map at a time
     states = unit_states(net, images)
