@@ -182,9 +182,9 @@ def test_analyze_akamaster_checkpoint_on_an_image_folder(tmp_path):
             "analysis.units=[7,8]",
             "analysis.images=1",
             "analysis.maps=[sum,unit]",
-            "analysis.method=count",
-            "analysis.histogram.units=[8]",
-            "analysis.histogram.bins=3",
+            # Full spectra (4,096 values a map): counted fractions through the CLI are
+            # test_analysis_solver's; here the checkpoint format and the folder's images.
+            "analysis.method=auto",
             "analysis.perturbation.attack=fgsm",
             "analysis.perturbation.eps=0.00392",
             f"hydra.run.dir={tmp_path / 'job'}",
@@ -198,7 +198,7 @@ def test_analyze_akamaster_checkpoint_on_an_image_folder(tmp_path):
     units = summary["analysis"]["units"]
     assert [u["index"] for u in units] == [7, 8] and units[0]["stage"] == 2
     assert units[0]["dim_in"] == 64 * 8 * 8
-    assert units[0]["sum"]["method"].startswith("count+")
+    assert units[0]["sum"]["method"] == units[1]["unit"]["method"] == "coloring+gram"
     assert units[0]["sum"]["fractions"] == units[1]["unit"]["fractions"] == "exact"
     # The oracle: akamaster's network written out from the state dict saved, on the
     # images the datamodule serves (the first test image analysed; all 4 for identity).
@@ -245,9 +245,11 @@ def test_analyze_akamaster_checkpoint_on_an_image_folder(tmp_path):
     job = tmp_path / "job"
     assert (job / "analysis" / "perturbation_final.png").is_file()
     arrays = np.load(job / "analysis" / "spectra_final.npz")
-    assert "unit07_sum_hist_counts" not in arrays  # only the units asked for are counted
-    for kind in ("sum", "unit"):  # every singular value in one of the 3 bins
-        assert arrays[f"unit08_{kind}_hist_counts"].sum(1).tolist() == [4096]
+    for entry in units:  # full spectra: every singular value, largest first
+        for kind in ("sum", "unit"):
+            sigma = arrays[f"unit{entry['index']:02d}_{kind}_sigma"]
+            assert sigma.shape == (1, 4096) and (np.diff(sigma[0]) <= 0).all()
+            assert sigma[0, 0] == pytest.approx(entry[kind]["sigma_max"], rel=1e-6)
     assert (job / "analysis" / "spectra_hist_final.png").is_file()
     assert list((job / "wandb").glob("offline-run-*"))
 
